@@ -1,0 +1,12 @@
+//! apr-engine: model containers, dtypes, tokenizer, model, backends, tracing
+//! and the testing runtime behind `#[model_test]` and `cargo apr`.
+
+pub mod container;
+pub mod dtype;
+pub mod error;
+pub mod quant;
+pub mod testing;
+
+pub use container::{Format, ModelFile, TensorInfo, TensorView};
+pub use dtype::DType;
+pub use error::{Error, ParseError, Result};

@@ -1,0 +1,1 @@
+//! Quantized block formats: dequantization and quantization kernels (to be written).

@@ -1,0 +1,2 @@
+//! The testing runtime: what `#[model_test]` and the project's own tests call.
+pub mod models;
