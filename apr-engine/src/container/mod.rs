@@ -10,6 +10,7 @@ pub mod gguf;
 mod metadata;
 pub mod names;
 pub mod safetensors;
+mod source;
 mod write;
 
 use std::borrow::Cow;
@@ -21,7 +22,11 @@ use serde::Serialize;
 use crate::dtype::DType;
 use crate::error::{Error, ParseError, Result};
 pub use metadata::{MetaType, MetaValue, Metadata};
+pub use source::{FileSource, MemorySource};
 pub use write::{write_atomically, WriteOptions};
+
+/// Called with the byte count of each tensor as a writer finishes it.
+pub type Progress<'a> = &'a mut dyn FnMut(u64);
 
 /// Which container a file is, with its version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
