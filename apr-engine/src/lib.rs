@@ -4,6 +4,7 @@
 pub mod container;
 pub mod dtype;
 pub mod error;
+pub mod model;
 pub mod quant;
 pub mod testing;
 

@@ -9,6 +9,7 @@ pub mod apr;
 pub mod gguf;
 mod metadata;
 pub mod names;
+pub mod qk_order;
 pub mod safetensors;
 mod source;
 mod write;

@@ -1,0 +1,52 @@
+//! Q/K row order. GGUF converters reorder each attention head's rows of
+//! Llama's Q and K projections from Hugging Face's "halves" layout (first
+//! half of the head's dimensions, then the second) to interleaved pairs, so
+//! that llama.cpp can rotate adjacent elements. Both orders are row
+//! permutations within a head, so they apply to quantized rows unchanged.
+
+use super::QkRowOrder;
+
+/// True if tensor `name` (canonical) has its rows reordered by GGUF converters.
+pub fn is_permuted_tensor(architecture: &str, name: &str) -> bool {
+    architecture == "llama" && (name.ends_with(".attn_q.weight") || name.ends_with(".attn_k.weight"))
+}
+
+/// Reorders the rows of a Q or K projection from `from` to `to`. `bytes` holds
+/// `n_heads * head_dim` rows of `row_bytes` each.
+pub fn reorder_rows(bytes: &[u8], row_bytes: usize, n_heads: usize, from: QkRowOrder, to: QkRowOrder) -> Vec<u8> {
+    if from == to || n_heads == 0 || row_bytes == 0 {
+        return bytes.to_vec();
+    }
+    let rows = bytes.len() / row_bytes;
+    let head_dim = rows / n_heads;
+    let half = head_dim / 2;
+    let mut out = vec![0u8; bytes.len()];
+    for head in 0..n_heads {
+        for i in 0..half {
+            for s in 0..2 {
+                let hf_row = head * head_dim + s * half + i;
+                let gguf_row = head * head_dim + 2 * i + s;
+                let (src, dst) = match to {
+                    QkRowOrder::Gguf => (hf_row, gguf_row),
+                    QkRowOrder::HuggingFace => (gguf_row, hf_row),
+                };
+                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_to_pairs_and_back() {
+        // 2 heads of 4 rows, one byte per row: HF rows [a0 a1 b0 b1] -> GGUF [a0 b0 a1 b1].
+        let hf: Vec<u8> = vec![0, 1, 2, 3, 10, 11, 12, 13];
+        let gguf = reorder_rows(&hf, 1, 2, QkRowOrder::HuggingFace, QkRowOrder::Gguf);
+        assert_eq!(gguf, vec![0, 2, 1, 3, 10, 12, 11, 13]);
+        assert_eq!(reorder_rows(&gguf, 1, 2, QkRowOrder::Gguf, QkRowOrder::HuggingFace), hf);
+    }
+}
