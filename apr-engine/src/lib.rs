@@ -1,9 +1,11 @@
 //! apr-engine: model containers, dtypes, tokenizer, model, backends, tracing
 //! and the testing runtime behind `#[model_test]` and `cargo apr`.
 
+pub mod backend;
 pub mod container;
 pub mod dtype;
 pub mod error;
+pub mod kernels;
 pub mod model;
 pub mod quant;
 pub mod testing;
@@ -11,3 +13,9 @@ pub mod testing;
 pub use container::{Format, ModelFile, TensorInfo, TensorView};
 pub use dtype::DType;
 pub use error::{Error, ParseError, Result};
+pub mod convert;
+pub mod diff;
+pub mod generate;
+pub mod inspect;
+pub mod stats;
+pub mod validate;

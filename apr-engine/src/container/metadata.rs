@@ -61,7 +61,10 @@ pub enum MetaValue {
     Bool(bool),
     String(String),
     /// Elements all of `elem_type`; nested arrays are allowed.
-    Array { elem_type: MetaType, values: Vec<MetaValue> },
+    Array {
+        elem_type: MetaType,
+        values: Vec<MetaValue>,
+    },
     U64(u64),
     I64(i64),
     F64(f64),

@@ -156,7 +156,11 @@ impl ModelFile {
             Some(FormatKind::Gguf) => gguf::parse(&map),
             Some(FormatKind::Apr) => apr::parse(&map),
             Some(FormatKind::SafeTensors) => safetensors::parse(&map),
-            None => Err(ParseError::new("magic", 0, format!("not a GGUF, APR or SafeTensors file (first bytes {:02x?})", &map[..map.len().min(8)]))),
+            None => Err(ParseError::new(
+                "magic",
+                0,
+                format!("not a GGUF, APR or SafeTensors file (first bytes {:02x?})", &map[..map.len().min(8)]),
+            )),
         }
         .map_err(|e| e.in_file(&file_path))?;
         let mut model = ModelFile { path: file_path, parsed, map };

@@ -88,7 +88,9 @@ pub fn role_of(canonical: &str) -> TensorRole {
         ("output", _) => TensorRole::Output,
         (_, "bias") => TensorRole::Bias,
         (s, _) if s.ends_with("norm") => TensorRole::Norm,
-        ("attn_q" | "attn_k" | "attn_v" | "attn_output" | "ffn_gate" | "ffn_up" | "ffn_down", _) => TensorRole::Projection,
+        ("attn_q" | "attn_k" | "attn_v" | "attn_output" | "ffn_gate" | "ffn_up" | "ffn_down", _) => {
+            TensorRole::Projection
+        }
         _ => TensorRole::Other,
     }
 }
@@ -99,7 +101,9 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for name in ["token_embd.weight", "output.weight", "output_norm.weight", "blk.3.attn_q.bias", "blk.27.ffn_down.weight"] {
+        for name in
+            ["token_embd.weight", "output.weight", "output_norm.weight", "blk.3.attn_q.bias", "blk.27.ffn_down.weight"]
+        {
             let hf = to_hf(name);
             assert_ne!(hf, name);
             assert_eq!(to_canonical(&hf), name);

@@ -4,11 +4,22 @@
 //! that llama.cpp can rotate adjacent elements. Both orders are row
 //! permutations within a head, so they apply to quantized rows unchanged.
 
-use super::QkRowOrder;
+use super::{Metadata, QkRowOrder};
 
 /// True if tensor `name` (canonical) has its rows reordered by GGUF converters.
 pub fn is_permuted_tensor(architecture: &str, name: &str) -> bool {
     architecture == "llama" && (name.ends_with(".attn_q.weight") || name.ends_with(".attn_k.weight"))
+}
+
+/// The number of heads a Q (`head_count`) or K (`head_count_kv`) tensor's rows are grouped by.
+pub fn heads_of(meta: &Metadata, name: &str) -> usize {
+    let q_heads = meta.arch_u64("attention.head_count").unwrap_or(1);
+    let heads = if name.ends_with(".attn_k.weight") {
+        meta.arch_u64("attention.head_count_kv").unwrap_or(q_heads)
+    } else {
+        q_heads
+    };
+    heads as usize
 }
 
 /// Reorders the rows of a Q or K projection from `from` to `to`. `bytes` holds
@@ -30,7 +41,8 @@ pub fn reorder_rows(bytes: &[u8], row_bytes: usize, n_heads: usize, from: QkRowO
                     QkRowOrder::Gguf => (hf_row, gguf_row),
                     QkRowOrder::HuggingFace => (gguf_row, hf_row),
                 };
-                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
             }
         }
     }

@@ -1,3 +1,9 @@
-//! Decoder models: configuration and (later) the forward pass.
+//! Decoder models: configuration, weight lookup, KV cache and the forward pass.
 pub mod config;
+pub mod forward;
+pub mod kv_cache;
+pub mod weights;
+
 pub use config::{Architecture, ModelConfig};
+pub use forward::{Logits, Model};
+pub use kv_cache::KvCache;

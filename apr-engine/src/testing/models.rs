@@ -9,7 +9,8 @@ pub struct ReferenceModel {
     pub fetch_name: &'static str,
 }
 
-pub const QWEN_0_5B: ReferenceModel = ReferenceModel { file: "qwen2.5-coder-0.5b-instruct.gguf", fetch_name: "qwen-0.5b" };
+pub const QWEN_0_5B: ReferenceModel =
+    ReferenceModel { file: "qwen2.5-coder-0.5b-instruct.gguf", fetch_name: "qwen-0.5b" };
 pub const QWEN_1_5B: ReferenceModel =
     ReferenceModel { file: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", fetch_name: "qwen-1.5b" };
 pub const SMOLLM2: ReferenceModel = ReferenceModel { file: "smollm2-135m-instruct-q4_1.gguf", fetch_name: "smollm2" };

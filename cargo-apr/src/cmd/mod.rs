@@ -1,18 +1,59 @@
-//! One module per subcommand; each has an `Args` struct and a `run`.
+//! One module per subcommand; each has an `Args` struct and a `run` that
+//! returns the exit code.
+
+mod convert;
+mod diff_tensors;
+mod inspect;
+mod validate;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo-apr", bin_name = "cargo apr", version, about = "Test, inspect, convert and diff LLM model files")]
+#[command(
+    name = "cargo-apr",
+    bin_name = "cargo apr",
+    version,
+    about = "Test, inspect, convert and diff LLM model files"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Convert between GGUF, APR and SafeTensors, optionally changing dtype.
+    Convert(convert::Args),
+    /// Show a model file's format, architecture, dtypes and tokenizer.
+    Inspect(inspect::Args),
+    /// Compare two model files tensor by tensor (exit 5 on any mismatch).
+    DiffTensors(diff_tensors::Args),
+    /// Check a model file's structure and values (exit 1 on any failure).
+    Validate(validate::Args),
+}
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    match cli.command {}
+    match cli.command {
+        Command::Convert(args) => convert::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::DiffTensors(args) => diff_tensors::run(args),
+        Command::Validate(args) => validate::run(args),
+    }
+}
+
+/// `1.04 GiB`-style sizes for humans.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
 }

@@ -1,0 +1,3 @@
+//! Comparisons between two models: tensors (and later traces).
+pub mod stats;
+pub mod tensors;

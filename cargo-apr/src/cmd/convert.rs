@@ -1,0 +1,89 @@
+//! `cargo apr convert IN OUT [--to apr|gguf|safetensors] [--dtype ...] [--force]`
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use apr_engine::container::FormatKind;
+use apr_engine::convert::{convert, format_for_extension, ConvertOptions, DTypeChoice};
+use apr_engine::{DType, ModelFile};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::human_bytes;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Target {
+    Apr,
+    Gguf,
+    Safetensors,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DTypeArg {
+    Keep,
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
+    #[value(name = "q6_k")]
+    Q6K,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    input: PathBuf,
+    output: PathBuf,
+    /// Output format (default: from OUT's extension).
+    #[arg(long)]
+    to: Option<Target>,
+    #[arg(long, value_enum, default_value = "keep")]
+    dtype: DTypeArg,
+    /// Overwrite OUT if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let to = match args.to {
+        Some(Target::Apr) => FormatKind::Apr,
+        Some(Target::Gguf) => FormatKind::Gguf,
+        Some(Target::Safetensors) => FormatKind::SafeTensors,
+        None => format_for_extension(&args.output)
+            .with_context(|| format!("cannot tell the output format from {}; pass --to", args.output.display()))?,
+    };
+    let dtype = match args.dtype {
+        DTypeArg::Keep => DTypeChoice::Keep,
+        DTypeArg::F32 => DTypeChoice::To(DType::F32),
+        DTypeArg::F16 => DTypeChoice::To(DType::F16),
+        DTypeArg::Bf16 => DTypeChoice::To(DType::BF16),
+        DTypeArg::Q8_0 => DTypeChoice::To(DType::Q8_0),
+        DTypeArg::Q4K => DTypeChoice::To(DType::Q4_K),
+        DTypeArg::Q6K => DTypeChoice::To(DType::Q6_K),
+    };
+    let input = ModelFile::open(&args.input)?;
+    let started = Instant::now();
+    let bar = ProgressBar::new(input.tensors().iter().map(|t| t.size).sum());
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}").expect("valid template"),
+    );
+    let report =
+        convert(&input, &args.output, ConvertOptions { to, dtype, force: args.force }, &mut |bytes| bar.inc(bytes))?;
+    bar.finish_and_clear();
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    println!(
+        "wrote {} ({}): {} tensors, {} carried byte for byte, {} converted, {} Q/K reordered, in {:.1} s",
+        args.output.display(),
+        human_bytes(report.bytes_written),
+        report.tensors,
+        report.carried,
+        report.converted,
+        report.reordered,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(crate::exit::PASS)
+}
