@@ -198,12 +198,12 @@ fn target_dtype(options: ConvertOptions, name: &str, from: DType, shape: &[u64],
                 return if from.is_quantized() { DType::F32 } else { from };
             }
             let inner = shape[1] as usize;
-            if inner % to.block_elems() == 0 {
+            if inner.is_multiple_of(to.block_elems()) {
                 return to;
             }
             // K-quant blocks are 256 wide; a row that does not hold whole blocks
             // falls back to a 32-wide type, as llama.cpp's quantizer does.
-            let fallback = if inner % DType::Q8_0.block_elems() == 0 { DType::Q8_0 } else { DType::F16 };
+            let fallback = if inner.is_multiple_of(DType::Q8_0.block_elems()) { DType::Q8_0 } else { DType::F16 };
             notes.push(format!(
                 "{name}: row of {inner} is not a multiple of {to}'s block {}: stored as {fallback}",
                 to.block_elems()

@@ -9,6 +9,39 @@ use crate::model::kv_cache::KvCache;
 use crate::model::weights::{matrix, ModelWeights, TensorIndex};
 use crate::quant;
 
+/// A point in the forward pass where activations can be observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Boundary {
+    Embedding,
+    AttnNorm,
+    Q,
+    K,
+    V,
+    AttnOutput,
+    AttnResidual,
+    FfnNorm,
+    FfnOutput,
+    /// The layer's output.
+    FfnResidual,
+    FinalNorm,
+    Logits,
+}
+
+/// Sees activations as the forward pass produces them (`n_tokens` rows each).
+/// `layer` is `None` outside the decoder layers.
+pub trait Observer {
+    fn observe(&mut self, layer: Option<usize>, boundary: Boundary, values: &[f32]);
+}
+
+/// The observer of an untraced run: does nothing, costs nothing.
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    #[inline]
+    fn observe(&mut self, _: Option<usize>, _: Boundary, _: &[f32]) {}
+}
+
 /// Small per-layer vectors (norm gains, biases) dequantized once at load;
 /// every matrix stays in the file's dtype.
 #[derive(Debug, Clone)]
@@ -72,6 +105,17 @@ impl Model {
     /// Runs `tokens` at positions `cache.len()..`, appends them to the cache,
     /// and returns logits (`vocab` values per requested position).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>> {
+        self.forward_observed(tokens, cache, logits, &mut NoObserver)
+    }
+
+    /// [`Model::forward`], showing `observer` the activations at every boundary.
+    pub fn forward_observed(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let n = tokens.len();
         let start = cache.len();
@@ -83,10 +127,11 @@ impl Model {
             )));
         }
         let mut x = self.embed(tokens)?;
+        observer.observe(None, Boundary::Embedding, &x);
         let mut normed = vec![0.0; n * c.hidden];
         for layer in 0..c.layers {
-            self.attention_block(layer, &mut x, &mut normed, start, cache);
-            self.ffn_block(layer, &mut x, &mut normed);
+            self.attention_block(layer, &mut x, &mut normed, start, cache, observer);
+            self.ffn_block(layer, &mut x, &mut normed, observer);
         }
         cache.advance(n);
         let rows = match logits {
@@ -96,8 +141,10 @@ impl Model {
         let n_rows = rows.len() / c.hidden;
         let mut final_norm = vec![0.0; rows.len()];
         self.backend.rms_norm(rows, &self.output_norm, c.rms_eps, &mut final_norm);
+        observer.observe(None, Boundary::FinalNorm, &final_norm);
         let mut out = vec![0.0; n_rows * c.vocab];
         self.backend.matmul(&matrix(&self.file, self.weights.output), &final_norm, n_rows, &mut out);
+        observer.observe(None, Boundary::Logits, &out);
         Ok(out)
     }
 
@@ -114,13 +161,23 @@ impl Model {
         Ok(x)
     }
 
-    fn attention_block(&self, layer: usize, x: &mut [f32], normed: &mut [f32], start: usize, cache: &mut KvCache) {
+    fn attention_block(
+        &self,
+        layer: usize,
+        x: &mut [f32],
+        normed: &mut [f32],
+        start: usize,
+        cache: &mut KvCache,
+        observer: &mut dyn Observer,
+    ) {
+        let mut see = |boundary, values: &[f32]| observer.observe(Some(layer), boundary, values);
         let c = &self.config;
         let (w, v) = (&self.weights.layers[layer], &self.layer_vectors[layer]);
         let b = &*self.backend;
         let n = x.len() / c.hidden;
         let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         b.rms_norm(x, &v.attn_norm, c.rms_eps, normed);
+        see(Boundary::AttnNorm, normed);
         let project = |index, bias: &Option<Vec<f32>>, width| {
             let mut out = vec![0.0; n * width];
             b.matmul(&matrix(&self.file, index), normed, n, &mut out);
@@ -132,6 +189,9 @@ impl Model {
         let mut q = project(w.q, &v.q_bias, q_dim);
         let mut k = project(w.k, &v.k_bias, kv_dim);
         let values = project(w.v, &v.v_bias, kv_dim);
+        see(Boundary::Q, &q);
+        see(Boundary::K, &k);
+        see(Boundary::V, &values);
         b.rope(&mut q, c.heads, c.head_dim, start, c.rope_base, self.weights.rope);
         b.rope(&mut k, c.kv_heads, c.head_dim, start, c.rope_base, self.weights.rope);
         cache.store(layer, start, &k, &values);
@@ -147,15 +207,19 @@ impl Model {
         b.attention(&q, keys, vals, shape, &mut attn);
         let mut projected = vec![0.0; n * c.hidden];
         b.matmul(&matrix(&self.file, w.o), &attn, n, &mut projected);
+        see(Boundary::AttnOutput, &projected);
         b.add(x, &projected);
+        see(Boundary::AttnResidual, x);
     }
 
-    fn ffn_block(&self, layer: usize, x: &mut [f32], normed: &mut [f32]) {
+    fn ffn_block(&self, layer: usize, x: &mut [f32], normed: &mut [f32], observer: &mut dyn Observer) {
+        let mut see = |boundary, values: &[f32]| observer.observe(Some(layer), boundary, values);
         let c = &self.config;
         let (w, v) = (&self.weights.layers[layer], &self.layer_vectors[layer]);
         let b = &*self.backend;
         let n = x.len() / c.hidden;
         b.rms_norm(x, &v.ffn_norm, c.rms_eps, normed);
+        see(Boundary::FfnNorm, normed);
         let mut gate = vec![0.0; n * c.ffn];
         let mut up = vec![0.0; n * c.ffn];
         b.matmul(&matrix(&self.file, w.gate), normed, n, &mut gate);
@@ -163,7 +227,9 @@ impl Model {
         b.silu_mul(&mut gate, &up);
         let mut down = vec![0.0; n * c.hidden];
         b.matmul(&matrix(&self.file, w.down), &gate, n, &mut down);
+        see(Boundary::FfnOutput, &down);
         b.add(x, &down);
+        see(Boundary::FfnResidual, x);
     }
 }
 

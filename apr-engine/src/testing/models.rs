@@ -42,3 +42,21 @@ impl ReferenceModel {
         path
     }
 }
+
+/// The shared folder beside the repository (`../shared`), or `$APR_SHARED_DIR`.
+pub fn shared_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("APR_SHARED_DIR") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+impl ReferenceModel {
+    /// llama.cpp's outputs for this model under `shared/reference/` (folder named after the file).
+    pub fn reference_file(&self, name: &str) -> PathBuf {
+        let folder = self.file.trim_end_matches(".gguf");
+        let path = shared_dir().join("reference").join(folder).join(name);
+        assert!(path.is_file(), "reference file {} is missing (is ../shared beside the repository?)", path.display());
+        path
+    }
+}

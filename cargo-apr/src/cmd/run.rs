@@ -1,0 +1,146 @@
+//! `cargo apr run MODEL --prompt P`: generate, streamed or as one JSON object.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use apr_engine::generate::{generate, GenerateOptions, SamplingParams, Timings};
+use apr_engine::pipeline::Pipeline;
+use serde::Serialize;
+
+use super::stream::TextStream;
+use super::{human_bytes, threads};
+
+#[derive(clap::Args)]
+pub struct Args {
+    model: PathBuf,
+    #[arg(long, short)]
+    prompt: String,
+    /// Feed the prompt as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// A system message for the chat template.
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// With --json: the K highest logits at every position.
+    #[arg(long, value_name = "K")]
+    logits_top_k: Option<usize>,
+    /// Print facts about the model and the run to stderr.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct RunJson {
+    prompt_tokens: Vec<u32>,
+    tokens: Vec<u32>,
+    text: String,
+    timings: JsonTimings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logits: Option<Vec<Vec<(u32, f32)>>>,
+}
+
+#[derive(Serialize)]
+struct JsonTimings {
+    load_s: f64,
+    #[serde(flatten)]
+    run: Timings,
+    total_s: f64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let threads = threads::configure(args.threads)?;
+    let pipeline = Pipeline::open(&args.model)?;
+    let prompt = pipeline.prompt_tokens(&args.prompt, args.system.as_deref(), args.raw)?;
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
+        logits_top_k: args.logits_top_k,
+    };
+    let context = (prompt.len() + args.max_tokens).min(pipeline.model.config.context_length.max(prompt.len() + 1));
+    let mut cache = pipeline.model.new_cache(context);
+    let mut stream = TextStream::new(&pipeline.tokenizer);
+    let stdout = std::io::stdout();
+    let generation = generate(&pipeline.model, &mut cache, &prompt, &options, |t| pipeline.tokenizer.is_eog(t), |token| {
+        if !args.json {
+            let mut out = stdout.lock();
+            let _ = out.write_all(stream.push(token).as_bytes());
+            let _ = out.flush();
+        }
+    })?;
+    let text = pipeline.tokenizer.decode(strip_eog(&pipeline, &generation.tokens));
+    if args.json {
+        let json = RunJson {
+            prompt_tokens: prompt.clone(),
+            tokens: generation.tokens.clone(),
+            text,
+            timings: JsonTimings { load_s: pipeline.load_time.as_secs_f64(), run: generation.timings.clone(), total_s: started.elapsed().as_secs_f64() },
+            logits: args.logits_top_k.map(|_| generation.top_logits.clone()),
+        };
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        print!("{}", stream.finish());
+        println!();
+    }
+    if args.verbose {
+        print_facts(&pipeline, threads, &generation.timings, prompt.len(), generation.tokens.len(), started);
+    }
+    Ok(crate::exit::PASS)
+}
+
+/// Generated tokens without the end-of-generation token that stopped them.
+fn strip_eog<'a>(pipeline: &Pipeline, tokens: &'a [u32]) -> &'a [u32] {
+    match tokens.last() {
+        Some(&t) if pipeline.tokenizer.is_eog(t) => &tokens[..tokens.len() - 1],
+        _ => tokens,
+    }
+}
+
+fn print_facts(p: &Pipeline, threads: usize, t: &Timings, prompt: usize, generated: usize, started: Instant) {
+    let c = &p.model.config;
+    let file = &p.model.file;
+    let quant = apr_engine::inspect::inspect(file, false)
+        .dtypes
+        .iter()
+        .map(|(d, n)| format!("{d}x{}", n.tensors))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let facts = [
+        ("source", file.path.display().to_string()),
+        ("file size", human_bytes(file.file_size())),
+        ("format", file.format().to_string()),
+        ("architecture", c.architecture.clone()),
+        ("layers", c.layers.to_string()),
+        ("vocabulary", c.vocab.to_string()),
+        ("hidden size", c.hidden.to_string()),
+        ("context length", c.context_length.to_string()),
+        ("quantization", quant),
+        ("threads", threads.to_string()),
+        ("backend", p.model.backend_name().to_string()),
+        ("load time", format!("{:.3} s", p.load_time.as_secs_f64())),
+        ("prefill", format!("{prompt} tokens in {:.3} s ({:.1} tok/s)", t.prefill_s, t.prefill_tok_s)),
+        ("decode", format!("{generated} tokens in {:.3} s ({:.1} tok/s)", t.decode_s, t.decode_tok_s)),
+        ("total time", format!("{:.3} s", started.elapsed().as_secs_f64())),
+    ];
+    for (k, v) in facts {
+        eprintln!("[apr] {k:<15} {v}");
+    }
+}
