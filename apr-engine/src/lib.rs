@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod model;
 pub mod quant;
 pub mod testing;
+pub mod tokenizer;
 
 pub use container::{Format, ModelFile, TensorInfo, TensorView};
 pub use dtype::DType;
@@ -19,3 +20,5 @@ pub mod generate;
 pub mod inspect;
 pub mod stats;
 pub mod validate;
+pub mod pipeline;
+pub mod check;

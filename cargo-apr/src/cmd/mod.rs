@@ -1,9 +1,14 @@
 //! One module per subcommand; each has an `Args` struct and a `run` that
 //! returns the exit code.
 
+mod chat;
+mod check;
 mod convert;
 mod diff_tensors;
 mod inspect;
+mod run;
+mod stream;
+mod threads;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -22,12 +27,18 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Interactive multi-turn chat (stdin may be a pipe; /exit or Ctrl-D ends it).
+    Chat(chat::Args),
+    /// Staged smoke test of a model, stopping at the first failing stage.
+    Check(check::Args),
     /// Convert between GGUF, APR and SafeTensors, optionally changing dtype.
     Convert(convert::Args),
     /// Show a model file's format, architecture, dtypes and tokenizer.
     Inspect(inspect::Args),
     /// Compare two model files tensor by tensor (exit 5 on any mismatch).
     DiffTensors(diff_tensors::Args),
+    /// Generate text from a prompt (chat template applied unless --raw).
+    Run(run::Args),
     /// Check a model file's structure and values (exit 1 on any failure).
     Validate(validate::Args),
 }
@@ -35,9 +46,12 @@ enum Command {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Chat(args) => chat::run(args),
+        Command::Check(args) => check::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::DiffTensors(args) => diff_tensors::run(args),
+        Command::Run(args) => run::run(args),
         Command::Validate(args) => validate::run(args),
     }
 }
