@@ -10,15 +10,16 @@ pub mod model;
 pub mod quant;
 pub mod testing;
 pub mod tokenizer;
+pub mod trace;
 
 pub use container::{Format, ModelFile, TensorInfo, TensorView};
 pub use dtype::DType;
 pub use error::{Error, ParseError, Result};
+pub mod check;
 pub mod convert;
 pub mod diff;
 pub mod generate;
 pub mod inspect;
+pub mod pipeline;
 pub mod stats;
 pub mod validate;
-pub mod pipeline;
-pub mod check;

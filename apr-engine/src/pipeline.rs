@@ -36,7 +36,9 @@ impl Pipeline {
     /// appended); a model without a template gets the plain concatenation.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
         match self.chat_template() {
-            Some(template) => chat::render(template, messages, true).map_err(|e| Error::Invalid(format!("chat template: {e}"))),
+            Some(template) => {
+                chat::render(template, messages, true).map_err(|e| Error::Invalid(format!("chat template: {e}")))
+            }
             None => Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")),
         }
     }

@@ -18,7 +18,8 @@ impl Tokenizer {
         Vec::new()
     }
     pub fn decode(&self, ids: &[u32]) -> String {
-        String::from_utf8_lossy(&ids.iter().flat_map(|&i| self.token_bytes(i).to_vec()).collect::<Vec<_>>()).into_owned()
+        String::from_utf8_lossy(&ids.iter().flat_map(|&i| self.token_bytes(i).to_vec()).collect::<Vec<_>>())
+            .into_owned()
     }
     pub fn token_bytes(&self, id: u32) -> &[u8] {
         self.tokens.get(id as usize).map(|t| t.as_slice()).unwrap_or(&[])

@@ -59,10 +59,17 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         cached_tokens.truncate(shared);
         let mut stream = TextStream::new(&pipeline.tokenizer);
         let mut out = std::io::stdout().lock();
-        let generation = generate(&pipeline.model, &mut cache, &prompt[shared..], &options, |t| pipeline.tokenizer.is_eog(t), |t| {
-            let _ = out.write_all(stream.push(t).as_bytes());
-            let _ = out.flush();
-        })?;
+        let generation = generate(
+            &pipeline.model,
+            &mut cache,
+            &prompt[shared..],
+            &options,
+            |t| pipeline.tokenizer.is_eog(t),
+            |t| {
+                let _ = out.write_all(stream.push(t).as_bytes());
+                let _ = out.flush();
+            },
+        )?;
         writeln!(out, "{}", stream.finish())?;
         let t = &generation.timings;
         eprintln!(

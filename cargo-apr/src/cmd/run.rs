@@ -72,27 +72,43 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let prompt = pipeline.prompt_tokens(&args.prompt, args.system.as_deref(), args.raw)?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
-        sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
         logits_top_k: args.logits_top_k,
     };
     let context = (prompt.len() + args.max_tokens).min(pipeline.model.config.context_length.max(prompt.len() + 1));
     let mut cache = pipeline.model.new_cache(context);
     let mut stream = TextStream::new(&pipeline.tokenizer);
     let stdout = std::io::stdout();
-    let generation = generate(&pipeline.model, &mut cache, &prompt, &options, |t| pipeline.tokenizer.is_eog(t), |token| {
-        if !args.json {
-            let mut out = stdout.lock();
-            let _ = out.write_all(stream.push(token).as_bytes());
-            let _ = out.flush();
-        }
-    })?;
+    let generation = generate(
+        &pipeline.model,
+        &mut cache,
+        &prompt,
+        &options,
+        |t| pipeline.tokenizer.is_eog(t),
+        |token| {
+            if !args.json {
+                let mut out = stdout.lock();
+                let _ = out.write_all(stream.push(token).as_bytes());
+                let _ = out.flush();
+            }
+        },
+    )?;
     let text = pipeline.tokenizer.decode(strip_eog(&pipeline, &generation.tokens));
     if args.json {
         let json = RunJson {
             prompt_tokens: prompt.clone(),
             tokens: generation.tokens.clone(),
             text,
-            timings: JsonTimings { load_s: pipeline.load_time.as_secs_f64(), run: generation.timings.clone(), total_s: started.elapsed().as_secs_f64() },
+            timings: JsonTimings {
+                load_s: pipeline.load_time.as_secs_f64(),
+                run: generation.timings.clone(),
+                total_s: started.elapsed().as_secs_f64(),
+            },
             logits: args.logits_top_k.map(|_| generation.top_logits.clone()),
         };
         println!("{}", serde_json::to_string(&json)?);
