@@ -11,6 +11,7 @@ pub mod quant;
 pub mod testing;
 pub mod tokenizer;
 pub mod trace;
+pub mod tracediff;
 
 pub use container::{Format, ModelFile, TensorInfo, TensorView};
 pub use dtype::DType;

@@ -6,4 +6,4 @@ pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
 pub use forward::{Boundary, Logits, Model, NoObserver, Observer, Op};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvFault};
