@@ -3,12 +3,15 @@
 
 mod chat;
 mod check;
+mod compare_inference;
 mod convert;
 mod diff_tensors;
 mod inspect;
 mod run;
 mod stream;
 mod threads;
+mod trace_args;
+mod trace_diff;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +34,8 @@ enum Command {
     Chat(chat::Args),
     /// Staged smoke test of a model, stopping at the first failing stage.
     Check(check::Args),
+    /// Generate with two models and compare their tokens and text (exit 5 on mismatch).
+    CompareInference(compare_inference::Args),
     /// Convert between GGUF, APR and SafeTensors, optionally changing dtype.
     Convert(convert::Args),
     /// Show a model file's format, architecture, dtypes and tokenizer.
@@ -39,6 +44,8 @@ enum Command {
     DiffTensors(diff_tensors::Args),
     /// Generate text from a prompt (chat template applied unless --raw).
     Run(run::Args),
+    /// Drive two models in lockstep and name the first divergent layer (exit 5 when diverged).
+    TraceDiff(trace_diff::Args),
     /// Check a model file's structure and values (exit 1 on any failure).
     Validate(validate::Args),
 }
@@ -48,10 +55,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Chat(args) => chat::run(args),
         Command::Check(args) => check::run(args),
+        Command::CompareInference(args) => compare_inference::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::DiffTensors(args) => diff_tensors::run(args),
         Command::Run(args) => run::run(args),
+        Command::TraceDiff(args) => trace_diff::run(args),
         Command::Validate(args) => validate::run(args),
     }
 }

@@ -4,11 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use apr_engine::generate::{generate, GenerateOptions, SamplingParams, Timings};
+use apr_engine::generate::{generate_observed, GenerateOptions, SamplingParams, Timings};
+use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::Pipeline;
 use serde::Serialize;
 
 use super::stream::TextStream;
+use super::trace_args::TraceArgs;
 use super::{human_bytes, threads};
 
 #[derive(clap::Args)]
@@ -45,6 +47,8 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 #[derive(Serialize)]
@@ -84,20 +88,20 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let mut cache = pipeline.model.new_cache(context);
     let mut stream = TextStream::new(&pipeline.tokenizer);
     let stdout = std::io::stdout();
-    let generation = generate(
-        &pipeline.model,
-        &mut cache,
-        &prompt,
-        &options,
-        |t| pipeline.tokenizer.is_eog(t),
-        |token| {
-            if !args.json {
-                let mut out = stdout.lock();
-                let _ = out.write_all(stream.push(token).as_bytes());
-                let _ = out.flush();
-            }
-        },
-    )?;
+    let mut tracer = args.trace.tracer(&pipeline.model);
+    let observer: &mut dyn Observer = match tracer.as_mut() {
+        Some(t) => t,
+        None => &mut NoObserver,
+    };
+    let on_token = |token| {
+        if !args.json {
+            let mut out = stdout.lock();
+            let _ = out.write_all(stream.push(token).as_bytes());
+            let _ = out.flush();
+        }
+    };
+    let is_eog = |t| pipeline.tokenizer.is_eog(t);
+    let generation = generate_observed(&pipeline.model, &mut cache, &prompt, &options, is_eog, on_token, observer)?;
     let text = pipeline.tokenizer.decode(strip_eog(&pipeline, &generation.tokens));
     if args.json {
         let json = RunJson {
@@ -115,6 +119,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     } else {
         print!("{}", stream.finish());
         println!();
+    }
+    if let Some(tracer) = tracer {
+        args.trace.finish(&pipeline.model, tracer)?;
     }
     if args.verbose {
         print_facts(&pipeline, threads, &generation.timings, prompt.len(), generation.tokens.len(), started);
