@@ -2,6 +2,7 @@
 //! and the testing runtime behind `#[model_test]` and `cargo apr`.
 
 pub mod backend;
+pub mod bench;
 pub mod container;
 pub mod dtype;
 pub mod error;
