@@ -103,7 +103,9 @@ fn read_count(cur: &mut Cursor, field: &str, min_bytes: u64) -> Result<usize, Pa
         return Err(ParseError::new(
             field,
             at,
-            format!("{count} entries of at least {min_bytes} bytes each cannot fit in the {remaining} bytes that remain"),
+            format!(
+                "{count} entries of at least {min_bytes} bytes each cannot fit in the {remaining} bytes that remain"
+            ),
         ));
     }
     // At most `remaining`, which is a usize.
@@ -234,7 +236,16 @@ fn read_tensor_info(cur: &mut Cursor, index: usize) -> Result<RawTensorInfo, Par
     let size = dtype.byte_size(&shape).map_err(|e| ParseError::new(field("dims"), dims_at, e.to_string()))?;
     let offset_at = cur.pos();
     let relative_offset = cur.u64(&field("offset"))?;
-    Ok(RawTensorInfo { name: names::to_canonical(&stored_name), stored_name, name_at, dtype, shape, size, relative_offset, offset_at })
+    Ok(RawTensorInfo {
+        name: names::to_canonical(&stored_name),
+        stored_name,
+        name_at,
+        dtype,
+        shape,
+        size,
+        relative_offset,
+        offset_at,
+    })
 }
 
 /// Two records for one tensor would make lookups by name ambiguous; llama.cpp refuses them too.

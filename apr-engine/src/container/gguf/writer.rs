@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::{align_up, alignment_of, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, WRITE_VERSION};
+use super::{
+    align_up, alignment_of, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, WRITE_VERSION,
+};
 use crate::container::{
     names, qk_order, write_atomically, MetaValue, Metadata, Progress, QkRowOrder, TensorSource, WriteOptions,
 };
