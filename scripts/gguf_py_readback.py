@@ -3,18 +3,24 @@
 wrote holds the same metadata and tensors as the file it came from.
 
 Usage: gguf_py_readback.py ORIGINAL WRITTEN
+       gguf_py_readback.py --write-sample OUT
+
 
 Compares every metadata key (order, value types, and the encoded value, which
 covers nested arrays that gguf-py's contents() flattens), and every tensor
 (order, name, GGML type, shape, data bytes). gguf-py's own bookkeeping fields
 (GGUF.version, GGUF.tensor_count, GGUF.kv_count) are compared too. Exits 0 and
 prints a summary if everything matches; exits 1 listing the differences.
+
+--write-sample writes, with gguf-py's GGUFWriter, a small file holding every
+metadata value type, nested arrays and a few tensors, so that apr's reader can
+be checked against files written by another implementation.
 """
 
 import sys
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 MAX_REPORTED = 20
 
@@ -72,7 +78,44 @@ def compare_tensors(original, written, problems):
             problems.append(f"tensor '{a.name}': data bytes differ")
 
 
+def write_sample(path):
+    writer = GGUFWriter(path, "llama")
+    scalars = [
+        ("t.u8", 200, GGUFValueType.UINT8),
+        ("t.i8", -100, GGUFValueType.INT8),
+        ("t.u16", 60000, GGUFValueType.UINT16),
+        ("t.i16", -30000, GGUFValueType.INT16),
+        ("t.u32", 4000000000, GGUFValueType.UINT32),
+        ("t.i32", -2000000000, GGUFValueType.INT32),
+        ("t.f32", 0.125, GGUFValueType.FLOAT32),
+        ("t.bool", True, GGUFValueType.BOOL),
+        ("t.string", "h\u00e9llo \u2581w\u00f6rld", GGUFValueType.STRING),
+        ("t.u64", 2**63 + 5, GGUFValueType.UINT64),
+        ("t.i64", -(2**62), GGUFValueType.INT64),
+        ("t.f64", -1.0e-300, GGUFValueType.FLOAT64),
+    ]
+    for key, value, value_type in scalars:
+        writer.add_key_value(key, value, value_type)
+    writer.add_array("a.i32", [1, -2, 3])
+    writer.add_array("a.f32", [0.5, -1.5])
+    writer.add_array("a.strings", ["a", "", "\u00fc"])
+    writer.add_array("a.bool", [True, False])
+    writer.add_array("a.nested", [[1, 2], [3]])
+    writer.add_array("a.nested_strings", [["x", "yz"], ["w"]])
+    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.add_tensor("blk.0.attn_norm.weight", np.arange(5, dtype=np.float16))
+    writer.add_tensor("output.weight", np.arange(64, dtype=np.float32).reshape(2, 4, 8))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    print(f"wrote {path}")
+    return 0
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--write-sample":
+        return write_sample(sys.argv[2])
     if len(sys.argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2

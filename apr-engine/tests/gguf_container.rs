@@ -710,6 +710,18 @@ fn assert_shape(model: &ModelFile, name: &str, dtype: DType, shape: &[u64]) {
     assert_eq!((t.dtype(), t.shape()), (dtype, shape), "{name}");
 }
 
+fn readback_script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gguf_py_readback.py")
+}
+
+/// Runs the gguf-py script with `args`, failing with its output unless it succeeds.
+fn run_gguf_py(args: &[&Path]) -> String {
+    let output = Command::new("python3").arg(readback_script()).args(args).output().expect("python3 runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "gguf-py script failed:\n{text}");
+    text
+}
+
 /// Writes `model` back out, requires the very same bytes, and has gguf-py compare the two files.
 fn assert_writes_back_identically(model: &ModelFile) {
     let dir = tempfile::tempdir().unwrap();
@@ -725,10 +737,7 @@ fn assert_writes_back_identically(model: &ModelFile) {
     }
     assert_eq!(a.len(), b.len(), "written file length");
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gguf_py_readback.py");
-    let output = Command::new("python3").arg(&script).arg(&model.path).arg(&path).output().expect("python3 runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "gguf-py readback failed:\n{text}");
+    let text = run_gguf_py(&[&model.path, &path]);
     assert!(text.contains(&format!("{} tensors", model.tensors().len())), "{text}");
 }
 
@@ -763,5 +772,61 @@ fn smollm2_parses_and_writes_back_byte_identical() {
     assert_shape(&model, "blk.0.ffn_down.weight", DType::Q4_1, &[576, 1536]);
     assert_eq!(model.metadata().architecture(), Some("llama"));
     assert!(model.parsed.facts.contains(&("data offset".to_string(), "1785664".to_string())));
+    assert_writes_back_identically(&model);
+}
+
+#[test]
+fn a_file_written_by_gguf_py_reads_with_every_type_and_writes_back_byte_identical() {
+    use MetaValue as V;
+    let dir = tempfile::tempdir().unwrap();
+    let sample = dir.path().join("gguf_py_sample.gguf");
+    run_gguf_py(&[Path::new("--write-sample"), &sample]);
+    let model = ModelFile::open(&sample).unwrap();
+    let meta = model.metadata();
+    let expected = [
+        ("general.architecture", V::String("llama".into())),
+        ("t.u8", V::U8(200)),
+        ("t.i8", V::I8(-100)),
+        ("t.u16", V::U16(60000)),
+        ("t.i16", V::I16(-30000)),
+        ("t.u32", V::U32(4_000_000_000)),
+        ("t.i32", V::I32(-2_000_000_000)),
+        ("t.f32", V::F32(0.125)),
+        ("t.bool", V::Bool(true)),
+        ("t.string", V::String("héllo ▁wörld".into())),
+        ("t.u64", V::U64((1 << 63) + 5)),
+        ("t.i64", V::I64(-(1 << 62))),
+        ("t.f64", V::F64(-1.0e-300)),
+        ("a.i32", V::Array { elem_type: MetaType::I32, values: vec![V::I32(1), V::I32(-2), V::I32(3)] }),
+        ("a.f32", V::Array { elem_type: MetaType::F32, values: vec![V::F32(0.5), V::F32(-1.5)] }),
+        ("a.strings", V::string_array(["a".into(), String::new(), "ü".into()])),
+        ("a.bool", V::Array { elem_type: MetaType::Bool, values: vec![V::Bool(true), V::Bool(false)] }),
+        (
+            "a.nested",
+            V::Array {
+                elem_type: MetaType::Array,
+                values: vec![
+                    V::Array { elem_type: MetaType::I32, values: vec![V::I32(1), V::I32(2)] },
+                    V::Array { elem_type: MetaType::I32, values: vec![V::I32(3)] },
+                ],
+            },
+        ),
+        (
+            "a.nested_strings",
+            V::Array {
+                elem_type: MetaType::Array,
+                values: vec![V::string_array(["x".into(), "yz".into()]), V::string_array(["w".into()])],
+            },
+        ),
+    ];
+    for (key, value) in &expected {
+        assert_eq!(meta.get(key), Some(value), "{key}");
+    }
+    assert_eq!(meta.len(), expected.len());
+    assert_shape(&model, "token_embd.weight", DType::F32, &[3, 4]);
+    assert_shape(&model, "blk.0.attn_norm.weight", DType::F16, &[5]);
+    assert_shape(&model, "output.weight", DType::F32, &[2, 4, 8]);
+    let embd = rows_of(model.tensor("token_embd.weight").unwrap().bytes);
+    assert_eq!(embd, (0..12).map(|v| v as f32).collect::<Vec<_>>());
     assert_writes_back_identically(&model);
 }
