@@ -119,7 +119,9 @@ fn write_json(value: &Value, indent: Option<usize>, depth: usize, out: &mut Stri
         ValueKind::String => write_json_string(value.as_str().unwrap_or_default(), out),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
-            write_container(('[', ']'), &items, indent, depth, out, |item, out| write_json(item, indent, depth + 1, out))?;
+            write_container(('[', ']'), &items, indent, depth, out, |item, out| {
+                write_json(item, indent, depth + 1, out)
+            })?;
         }
         ValueKind::Map => {
             let keys: Vec<Value> = value.try_iter()?.collect();
@@ -193,7 +195,13 @@ fn python_number(value: &Value) -> String {
         return value.to_string();
     };
     if !v.is_finite() {
-        return if v.is_nan() { "NaN".into() } else if v > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if v.is_nan() {
+            "NaN".into()
+        } else if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let magnitude = v.abs();
     if magnitude != 0.0 && !(1e-4..1e16).contains(&magnitude) {
@@ -227,13 +235,15 @@ mod tests {
 
     #[test]
     fn trim_and_lstrip_blocks_like_transformers() {
-        let template = "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}";
+        let template =
+            "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}";
         assert_eq!(one(template).unwrap(), "[  hi there  ]\n");
     }
 
     #[test]
     fn raise_exception_is_reported_with_its_message() {
-        let err = one("{% if messages[0].role != 'system' %}{{ raise_exception('System first!') }}{% endif %}").unwrap_err();
+        let err =
+            one("{% if messages[0].role != 'system' %}{{ raise_exception('System first!') }}{% endif %}").unwrap_err();
         assert!(matches!(&err, ChatError::Raised(m) if m == "System first!"), "{err}");
     }
 
@@ -256,6 +266,9 @@ mod tests {
         assert_eq!(out, r#"{"a": [1, 2.5, 3.0, null, true], "s": "q\"<é>\n"}"#);
         let out = one(r#"{{ {"k": [1]} | tojson(indent=2) }}"#).unwrap();
         assert_eq!(out, "{\n  \"k\": [\n    1\n  ]\n}");
-        assert_eq!(one("{{ [] | tojson(indent=2) }}{{ 1e20 | tojson }} {{ 0.00001 | tojson }}").unwrap(), "[]1e+20 1e-05");
+        assert_eq!(
+            one("{{ [] | tojson(indent=2) }}{{ 1e20 | tojson }} {{ 0.00001 | tojson }}").unwrap(),
+            "[]1e+20 1e-05"
+        );
     }
 }

@@ -30,7 +30,9 @@ pub enum TokenizerError {
     Malformed { key: &'static str, reason: String },
     #[error("tokenizer.ggml.model {0:?} is not supported (apr reads gpt2 byte-level BPE vocabularies)")]
     UnsupportedModel(String),
-    #[error("tokenizer.ggml.pre {0:?} is not a supported pre-tokenizer (the qwen2, gpt2 and smollm/starcoder families are)")]
+    #[error(
+        "tokenizer.ggml.pre {0:?} is not a supported pre-tokenizer (the qwen2, gpt2 and smollm/starcoder families are)"
+    )]
     UnsupportedPre(String),
 }
 

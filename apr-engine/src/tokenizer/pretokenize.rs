@@ -169,9 +169,7 @@ impl Window<'_> {
         if self.at(pos) != Some('\'') {
             return None;
         }
-        let letter = |i: usize| {
-            self.at(pos + i).map(|c| if ignore_case { c.to_ascii_lowercase() } else { c })
-        };
+        let letter = |i: usize| self.at(pos + i).map(|c| if ignore_case { c.to_ascii_lowercase() } else { c });
         match (letter(1)?, letter(2)) {
             ('s' | 't' | 'm' | 'd', _) => Some(2),
             ('r', Some('e')) | ('v', Some('e')) | ('l', Some('l')) => Some(3),

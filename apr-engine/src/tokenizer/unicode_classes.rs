@@ -2,6 +2,7 @@
 // Each entry starts a run of code points of one class that lasts until the next entry.
 use super::pretokenize::CharClass::{self, *};
 
+#[rustfmt::skip]
 pub(super) static RUNS: &[(u32, CharClass)] = &[
     (0x00000, Other), (0x00030, Number), (0x0003A, Other), (0x00041, Letter), (0x0005B, Other), (0x00061, Letter),
     (0x0007B, Other), (0x000AA, Letter), (0x000AB, Other), (0x000B2, Number), (0x000B4, Other), (0x000B5, Letter),

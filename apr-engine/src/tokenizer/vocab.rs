@@ -148,7 +148,9 @@ impl SpecialIds {
             let Some(value) = meta.get(key) else { return Ok(None) };
             match value.as_u64() {
                 Some(id) if (id as usize) < n_tokens && id <= u32::MAX as u64 => Ok(Some(id as u32)),
-                Some(id) => Err(TokenizerError::malformed(key, format!("id {id} is outside the {n_tokens}-token vocabulary"))),
+                Some(id) => {
+                    Err(TokenizerError::malformed(key, format!("id {id} is outside the {n_tokens}-token vocabulary")))
+                }
                 None => Err(TokenizerError::malformed(key, format!("expected a token id, found {value:?}"))),
             }
         };
@@ -182,12 +184,36 @@ const EOT_TEXTS: &[&str] = &[
     "<end_of_utterance>",
 ];
 const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
-const FIM_PRE_TEXTS: &[&str] =
-    &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"];
-const FIM_SUF_TEXTS: &[&str] =
-    &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"];
-const FIM_MID_TEXTS: &[&str] =
-    &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"];
+const FIM_PRE_TEXTS: &[&str] = &[
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+];
+const FIM_SUF_TEXTS: &[&str] = &[
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+];
+const FIM_MID_TEXTS: &[&str] = &[
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
 const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
@@ -224,7 +250,12 @@ const ALWAYS_RENDERED_TEXTS: &[&str] = &["<|channel|>", "<|message|>", "<|start|
 /// The metadata's id, or else the lowest id whose text is one of `texts`, which
 /// llama.cpp then marks as a control token. (llama.cpp takes the first in hash
 /// order when several match; the lowest id is the deterministic choice.)
-fn named_or_found(named: Option<u32>, texts: &[&str], by_text: &HashMap<String, u32>, attrs: &mut [TokenAttr]) -> Option<u32> {
+fn named_or_found(
+    named: Option<u32>,
+    texts: &[&str],
+    by_text: &HashMap<String, u32>,
+    attrs: &mut [TokenAttr],
+) -> Option<u32> {
     if named.is_some() {
         return named;
     }
@@ -248,7 +279,9 @@ pub fn end_of_generation(
     let mut found = |named: Option<u32>, candidates: &[&str]| named_or_found(named, candidates, by_text, attrs);
     let eot = found(named.eot, EOT_TEXTS);
     let eom = found(named.eom, EOM_TEXTS);
-    for (id, candidates) in [(named.fim_pre, FIM_PRE_TEXTS), (named.fim_suf, FIM_SUF_TEXTS), (named.fim_mid, FIM_MID_TEXTS)] {
+    for (id, candidates) in
+        [(named.fim_pre, FIM_PRE_TEXTS), (named.fim_suf, FIM_SUF_TEXTS), (named.fim_mid, FIM_MID_TEXTS)]
+    {
         found(id, candidates);
     }
     let fim_pad = found(named.fim_pad, FIM_PAD_TEXTS);
@@ -276,7 +309,9 @@ pub fn end_of_generation(
 /// call token are (gpt-oss), or a call and `<|flush|>` (solar-open); `</s>` is a
 /// normal token when `<|tool_response>` or `<|plamo:eos|>` is an end.
 fn drop_eog_exceptions(eog: &mut BTreeSet<u32>, texts: &[String], attrs: &mut [TokenAttr]) {
-    let find = |eog: &BTreeSet<u32>, wanted: &[&str]| eog.iter().copied().find(|&id| wanted.contains(&texts[id as usize].as_str()));
+    let find = |eog: &BTreeSet<u32>, wanted: &[&str]| {
+        eog.iter().copied().find(|&id| wanted.contains(&texts[id as usize].as_str()))
+    };
     let has = |eog: &BTreeSet<u32>, wanted: &[&str]| find(eog, wanted).is_some();
     if let Some(end) = find(eog, &["<|end|>"]) {
         let call = has(eog, &["<|call|>", "<|calls|>"]);
@@ -330,7 +365,8 @@ mod tests {
 
     #[test]
     fn eog_takes_named_ids_and_known_texts() {
-        let (texts, by_text) = vocab(&["a", "<|endoftext|>", "<|im_end|>", "<|fim_pad|>", "<|repo_name|>", "</s>", "x"]);
+        let (texts, by_text) =
+            vocab(&["a", "<|endoftext|>", "<|im_end|>", "<|fim_pad|>", "<|repo_name|>", "</s>", "x"]);
         let mut attrs = vec![TokenAttr::NORMAL; texts.len()];
         let named = SpecialIds { eos: Some(6), ..Default::default() };
         let eog = end_of_generation(&named, &by_text, &texts, &mut attrs);
@@ -352,7 +388,8 @@ mod tests {
 
     #[test]
     fn pieces_by_attribute() {
-        let texts: Vec<String> = ["\u{120}hi", "<|im_end|>", "[PAD1]", "<0x0A>"].iter().map(|t| t.to_string()).collect();
+        let texts: Vec<String> =
+            ["\u{120}hi", "<|im_end|>", "[PAD1]", "<0x0A>"].iter().map(|t| t.to_string()).collect();
         let attrs = [TokenAttr::NORMAL, TokenAttr::CONTROL, TokenAttr::UNUSED, TokenAttr::BYTE];
         let (bytes, ends) = pieces(&texts, &attrs);
         assert_eq!(bytes, b" hi<|im_end|>\n");
