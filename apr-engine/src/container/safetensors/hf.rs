@@ -151,7 +151,8 @@ fn import(docs: &Docs, restore: bool) -> Result<Metadata, HfError> {
     if let (true, Some((config, kept))) = (restore, kept) {
         let kept = kept.as_object().ok_or_else(|| config.error(GGUF_METADATA, "is not an object"))?;
         for (key, value) in kept {
-            let value = typed::decode(value).map_err(|reason| config.error(GGUF_METADATA, format!("{key}: {reason}")))?;
+            let value =
+                typed::decode(value).map_err(|reason| config.error(GGUF_METADATA, format!("{key}: {reason}")))?;
             meta.insert(key.clone(), value);
         }
     }
@@ -209,7 +210,8 @@ fn keys_import_would_lose(
         tokenizer: tokenizer.map(|t| doc(TOKENIZER, t)),
         tokenizer_config: tokenizer_config.map(|t| doc(TOKENIZER_CONFIG, t)),
     };
-    let rebuilt = import(&docs, false).map_err(|e| Error::Invalid(format!("exported companions do not read back: {}", e.error)))?;
+    let rebuilt = import(&docs, false)
+        .map_err(|e| Error::Invalid(format!("exported companions do not read back: {}", e.error)))?;
     Ok(meta
         .entries
         .iter()

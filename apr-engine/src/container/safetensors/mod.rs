@@ -43,9 +43,8 @@ enum DTypeLookup {
 }
 
 fn lookup_dtype(name: &str) -> DTypeLookup {
-    const FORMAT_ONLY: &[&str] = &[
-        "BOOL", "U8", "U16", "U32", "U64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64",
-    ];
+    const FORMAT_ONLY: &[&str] =
+        &["BOOL", "U8", "U16", "U32", "U64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64"];
     let supported = [DType::F64, DType::F32, DType::F16, DType::BF16, DType::I8, DType::I16, DType::I32, DType::I64];
     if let Some(&dtype) = supported.iter().find(|&&d| dtype_name(d) == Some(name)) {
         DTypeLookup::Supported(dtype)

@@ -76,7 +76,8 @@ fn header_text(bytes: &[u8]) -> Result<&str, ParseError> {
 /// The header's top-level entries in file order, each value left unparsed
 /// so that errors inside it can point at its offset.
 fn header_entries(header: &str) -> Result<Vec<(String, &RawValue)>, ParseError> {
-    let entries: Entries<'_> = serde_json::from_str(header).map_err(|e| json_error("header", header, HEADER_START as u64, &e))?;
+    let entries: Entries<'_> =
+        serde_json::from_str(header).map_err(|e| json_error("header", header, HEADER_START as u64, &e))?;
     Ok(entries.0)
 }
 
@@ -132,7 +133,13 @@ struct Entry {
     data_offsets: [u64; 2],
 }
 
-fn read_tensor(name: String, raw: &RawValue, at: u64, data_start: u64, data_len: u64) -> Result<TensorInfo, ParseError> {
+fn read_tensor(
+    name: String,
+    raw: &RawValue,
+    at: u64,
+    data_start: u64,
+    data_len: u64,
+) -> Result<TensorInfo, ParseError> {
     let field = format!("header.tensors[{name:?}]");
     let entry: Entry = serde_json::from_str(raw.get()).map_err(|e| json_error(&field, raw.get(), at, &e))?;
     let dtype = match lookup_dtype(&entry.dtype) {
@@ -148,7 +155,8 @@ fn read_tensor(name: String, raw: &RawValue, at: u64, data_start: u64, data_len:
             return Err(ParseError::new(format!("{field}.dtype"), at, format!("unknown dtype {:?}", entry.dtype)))
         }
     };
-    let size = checked_size(dtype, &entry.shape).map_err(|reason| ParseError::new(format!("{field}.shape"), at, reason))?;
+    let size =
+        checked_size(dtype, &entry.shape).map_err(|reason| ParseError::new(format!("{field}.shape"), at, reason))?;
     let [begin, end] = entry.data_offsets;
     let bad_offsets = |reason: String| ParseError::new(format!("{field}.data_offsets"), at, reason);
     if begin > end {
@@ -164,7 +172,14 @@ fn read_tensor(name: String, raw: &RawValue, at: u64, data_start: u64, data_len:
             entry.shape
         )));
     }
-    Ok(TensorInfo { name: names::to_canonical(&name), stored_name: name, dtype, shape: entry.shape, offset: data_start + begin, size })
+    Ok(TensorInfo {
+        name: names::to_canonical(&name),
+        stored_name: name,
+        dtype,
+        shape: entry.shape,
+        offset: data_start + begin,
+        size,
+    })
 }
 
 fn checked_size(dtype: DType, shape: &[u64]) -> Result<u64, String> {
@@ -217,7 +232,6 @@ fn json_error(field: &str, text: &str, at: u64, error: &serde_json::Error) -> Pa
 
 /// Byte offset of a 1-based line and column in `text`.
 pub(super) fn line_column_offset(text: &str, line: usize, column: usize) -> u64 {
-    let line_start: usize =
-        text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
+    let line_start: usize = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
     (line_start + column.saturating_sub(1)).min(text.len()) as u64
 }

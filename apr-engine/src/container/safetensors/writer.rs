@@ -80,7 +80,10 @@ impl Layout {
             let dtype = writable_dtype(spec)?;
             let hf_name = names::to_hf(&spec.name);
             if hf_name == METADATA_KEY || !names_seen.insert(hf_name.clone()) {
-                return Err(Error::Invalid(format!("tensor name {hf_name:?} (from {:?}) is reserved or repeated", spec.name)));
+                return Err(Error::Invalid(format!(
+                    "tensor name {hf_name:?} (from {:?}) is reserved or repeated",
+                    spec.name
+                )));
             }
             let size = spec.dtype.byte_size(&spec.shape).map_err(|e| Error::Invalid(format!("{}: {e}", spec.name)))?;
             let unpermute_heads = (gguf_rows && qk_order::is_permuted_tensor(arch, &spec.name))
@@ -167,7 +170,7 @@ fn tensor_bytes<'a>(source: &'a dyn TensorSource, placed: &Placed) -> Result<std
     }
     let Some(heads) = placed.unpermute_heads else { return Ok(bytes) };
     let rows = spec.shape.first().copied().unwrap_or(1).max(1) as usize;
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return Err(Error::Invalid(format!(
             "tensor {}: {rows} rows do not split into {heads} heads of an even size",
             spec.name

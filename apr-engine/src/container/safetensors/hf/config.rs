@@ -35,7 +35,8 @@ const ARCHITECTURES: &[(&str, &str)] = &[("qwen2", "Qwen2ForCausalLM"), ("llama"
 pub fn export(meta: &Metadata, specs: &[TensorSpec]) -> Map<String, Value> {
     let mut config = Map::new();
     if let Some(arch) = meta.architecture() {
-        let class = ARCHITECTURES.iter().find(|(a, _)| *a == arch).map_or_else(|| class_name(arch), |(_, c)| c.to_string());
+        let class =
+            ARCHITECTURES.iter().find(|(a, _)| *a == arch).map_or_else(|| class_name(arch), |(_, c)| c.to_string());
         config.insert("architectures".into(), json!([class]));
         config.insert("model_type".into(), json!(arch));
         for &(field, suffix, kind) in FIELDS {
@@ -56,7 +57,9 @@ pub fn export(meta: &Metadata, specs: &[TensorSpec]) -> Map<String, Value> {
     }
     let tied = !specs.iter().any(|s| s.name == "output.weight");
     config.insert("tie_word_embeddings".into(), json!(tied));
-    for (field, key) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")] {
+    for (field, key) in
+        [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")]
+    {
         if let Some(id) = meta.get_u64(key) {
             config.insert(field.into(), json!(id));
         }
@@ -125,7 +128,8 @@ fn vocab_size(meta: &Metadata, specs: &[TensorSpec]) -> Option<u64> {
 
 /// The dtype of the weight matrices, as torch names it.
 fn torch_dtype(specs: &[TensorSpec]) -> Option<&'static str> {
-    let matrix = specs.iter().find(|s| s.name == "token_embd.weight").or_else(|| specs.iter().find(|s| s.shape.len() == 2));
+    let matrix =
+        specs.iter().find(|s| s.name == "token_embd.weight").or_else(|| specs.iter().find(|s| s.shape.len() == 2));
     let dtype = matrix.or_else(|| specs.first())?.dtype;
     Some(match dtype {
         DType::F32 => "float32",

@@ -17,7 +17,8 @@ const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
 
 /// Qwen2's pre-tokenizer split (from its tokenizer.json); llama.cpp calls it `qwen2`.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Special-token roles: tokenizer_config field, config.json id field, GGUF key.
 const SPECIAL: &[(&str, Option<&str>, &str)] = &[
@@ -128,9 +129,14 @@ fn pre_name(pre_tokenizer: &Value) -> &'static str {
         Some(parts) => parts.iter().collect(),
         None => vec![pre_tokenizer],
     };
-    let split_regex = |v: &Value| v.get("pattern").and_then(|p| p.get("Regex")).and_then(Value::as_str).map(str::to_string);
+    let split_regex =
+        |v: &Value| v.get("pattern").and_then(|p| p.get("Regex")).and_then(Value::as_str).map(str::to_string);
     match parts.as_slice() {
-        [split, level] if kind(split) == "Split" && split_regex(split).as_deref() == Some(QWEN2_SPLIT) && kind(level) == "ByteLevel" => {
+        [split, level]
+            if kind(split) == "Split"
+                && split_regex(split).as_deref() == Some(QWEN2_SPLIT)
+                && kind(level) == "ByteLevel" =>
+        {
             "qwen2"
         }
         [digits, level]
@@ -200,7 +206,11 @@ pub fn import(
         }
         meta.insert("tokenizer.ggml.model", MetaValue::String("gpt2".into()));
         let arch = meta.architecture().unwrap_or_default();
-        let pre = if arch == "qwen2" { "qwen2" } else { pre_name(tokenizer.value.get("pre_tokenizer").unwrap_or(&Value::Null)) };
+        let pre = if arch == "qwen2" {
+            "qwen2"
+        } else {
+            pre_name(tokenizer.value.get("pre_tokenizer").unwrap_or(&Value::Null))
+        };
         meta.insert("tokenizer.ggml.pre", MetaValue::String(pre.into()));
         meta.insert("tokenizer.ggml.tokens", MetaValue::string_array(tokens));
         let types = types.into_iter().map(MetaValue::I32).collect();
@@ -211,7 +221,8 @@ pub fn import(
         let id = special_id(tokenizer_config, field, &by_content)?
             .or_else(|| config.zip(id_field).and_then(|(c, f)| first_id(c.value.get(f)?)));
         if let Some(id) = id {
-            let id = u32::try_from(id).map_err(|_| HfError::invalid(super::CONFIG, field, format!("id {id} overflows u32")))?;
+            let id = u32::try_from(id)
+                .map_err(|_| HfError::invalid(super::CONFIG, field, format!("id {id} overflows u32")))?;
             meta.insert(key, MetaValue::U32(id));
         }
     }
@@ -236,7 +247,8 @@ fn read_vocab(doc: &Doc, vocab_size: Option<u64>) -> Result<(Vec<String>, Vec<i3
     if kind != Some("BPE") || model.get("byte_fallback") == Some(&Value::Bool(true)) {
         return Err(doc.error("model.type", "only byte-level BPE tokenizers are supported"));
     }
-    let vocab = model.get("vocab").and_then(Value::as_object).ok_or_else(|| doc.error("model.vocab", "not an object"))?;
+    let vocab =
+        model.get("vocab").and_then(Value::as_object).ok_or_else(|| doc.error("model.vocab", "not an object"))?;
     let added = match doc.value.get("added_tokens") {
         None | Some(Value::Null) => &[][..],
         Some(v) => v.as_array().ok_or_else(|| doc.error("added_tokens", "not an array"))?.as_slice(),
@@ -259,7 +271,9 @@ fn read_vocab(doc: &Doc, vocab_size: Option<u64>) -> Result<(Vec<String>, Vec<i3
     // Ids come from an untrusted file: cap the table by what the file lists.
     let limit = 2 * entries.len() as u64 + 1024;
     if count > limit {
-        return Err(doc.error("model.vocab", format!("ids up to {count} for {} tokens leave too many gaps", entries.len())));
+        return Err(
+            doc.error("model.vocab", format!("ids up to {count} for {} tokens leave too many gaps", entries.len()))
+        );
     }
     let mut tokens: Vec<Option<String>> = vec![None; count as usize];
     let mut types = vec![UNUSED; count as usize];

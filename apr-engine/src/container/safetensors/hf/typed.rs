@@ -10,10 +10,8 @@ use crate::container::{MetaType, MetaValue};
 pub fn encode(value: &MetaValue) -> Value {
     match value {
         MetaValue::Array { elem_type, values } => {
-            let items: Vec<Value> = values
-                .iter()
-                .map(|v| if *elem_type == MetaType::Array { encode(v) } else { plain(v) })
-                .collect();
+            let items: Vec<Value> =
+                values.iter().map(|v| if *elem_type == MetaType::Array { encode(v) } else { plain(v) }).collect();
             json!({ "type": type_name(MetaType::Array), "elem_type": type_name(*elem_type), "value": items })
         }
         scalar => json!({ "type": type_name(scalar.meta_type()), "value": plain(scalar) }),
@@ -26,7 +24,8 @@ pub fn decode(value: &Value) -> Result<MetaValue, String> {
     if meta_type != MetaType::Array {
         return scalar(meta_type, inner);
     }
-    let elem_type = value.get("elem_type").ok_or_else(|| "array without \"elem_type\"".to_string()).and_then(parse_type)?;
+    let elem_type =
+        value.get("elem_type").ok_or_else(|| "array without \"elem_type\"".to_string()).and_then(parse_type)?;
     let items = inner.as_array().ok_or("array value is not a JSON array")?;
     let values = items
         .iter()
@@ -116,7 +115,8 @@ mod tests {
             MetaValue::I32(-2_000_000_000),
             MetaValue::U64(u64::MAX),
             MetaValue::I64(i64::MIN),
-            MetaValue::F32(9.999_999_7e-7),
+            MetaValue::F32(1e-6),
+            MetaValue::F32(0.1),
             MetaValue::F32(f32::INFINITY),
             MetaValue::F64(0.1),
             MetaValue::Bool(true),
