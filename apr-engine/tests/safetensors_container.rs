@@ -494,6 +494,41 @@ fn bad_companions_are_errors_naming_file_and_field() {
     }
 }
 
+#[test]
+fn metadata_without_hf_fields_round_trips_typed() {
+    use apr_engine::container::MetaType;
+    let mut meta = Metadata::default();
+    meta.insert("general.architecture", MetaValue::String("llama".into()));
+    // A key of an unusual type: config.json has the count, gguf_metadata keeps the u64.
+    meta.insert("llama.block_count", MetaValue::U64(2));
+    meta.insert("llama.attention.head_count", MetaValue::U32(2));
+    meta.insert("llama.rope.scaling.factor", MetaValue::F32(0.1));
+    meta.insert(
+        "llama.nested",
+        MetaValue::Array {
+            elem_type: MetaType::Array,
+            values: vec![MetaValue::Array { elem_type: MetaType::I8, values: vec![MetaValue::I8(-1)] }],
+        },
+    );
+    // A SentencePiece vocabulary: tokenizer.json expresses byte-level BPE only, so it travels typed.
+    meta.insert("tokenizer.ggml.model", MetaValue::String("llama".into()));
+    meta.insert("tokenizer.ggml.tokens", MetaValue::string_array(["<unk>", "<s>", "▁a"].map(String::from)));
+    let scores = [0.0f32, 0.0, -1.5].map(MetaValue::F32).to_vec();
+    meta.insert("tokenizer.ggml.scores", MetaValue::Array { elem_type: MetaType::F32, values: scores });
+    meta.insert("tokenizer.ggml.bos_token_id", MetaValue::U32(1));
+    let mut source = MemorySource::new(meta.clone());
+    source.push(spec("output_norm.weight", DType::F32, &[2]), f32_bytes([1.0, 2.0])).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), &source);
+    assert!(!dir.path().join("tokenizer.json").exists(), "no byte-level BPE vocabulary to write");
+    let config = read_json(&dir.path().join("config.json"));
+    assert_eq!(config["num_hidden_layers"], 2);
+    assert_eq!(config["gguf_metadata"]["llama.block_count"], json!({"type": "u64", "value": 2}));
+    let back = ModelFile::open(dir.path()).unwrap();
+    // head_count_kv is filled in as transformers defaults it.
+    assert_metadata_round_trips(&meta, back.metadata(), &["safetensors.format", "llama.attention.head_count_kv"]);
+}
+
 // ---------------------------------------------------------------------------
 // Real models
 
