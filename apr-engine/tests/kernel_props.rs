@@ -6,13 +6,17 @@
 //!   bound of the exact f32 dot: `|got − Σ w_i x_i| ≤ Σ |w_i| · e_i + 1e-5 · M`,
 //!   `e_i` = (½ + 127/2048) · amax/127 for Q8 blocks (their scale is stored as f16),
 //!   ½ · amax/127 · (1 + 1e-6) for Q8_K;
-//! - the scalar reference reads the blocks as `quant::dequantize` does;
-//! - `matmul` over n tokens equals n single-token matmuls bit for bit.
+//! - the scalar reference reads the blocks as `quant::dequantize` does (within
+//!   `1e-6 · (|w_i| + 2|offset_i|)`: float products may round in another order);
+//! - `matmul` over n tokens equals n single-token matmuls bit for bit, including
+//!   the dequantizing path of Q2_K/Q3_K;
+//! - on tensors of the real models every dtype they use meets the exact-dot bound.
 
 use apr_engine::kernels::dot::{self, Kernel, RowDot};
 use apr_engine::kernels::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use apr_engine::kernels::{matmul, WeightMatrix};
-use apr_engine::DType;
+use apr_engine::testing::models::{QWEN_0_5B, QWEN_1_5B, SMOLLM2};
+use apr_engine::{quant, DType, ModelFile};
 use proptest::prelude::*;
 
 /// Where a block keeps its f16 scales, and which bytes are quantized values.
@@ -33,10 +37,16 @@ const QUANT_LAYOUTS: &[Layout] = &[
     Layout { dtype: DType::Q6_K, f16_scales: &[208], quant_bits: 0..192 },
 ];
 
+/// Types that take `matmul`'s dequantize-a-row path.
+const DEQUANT_LAYOUTS: &[Layout] = &[
+    Layout { dtype: DType::Q2_K, f16_scales: &[80, 82], quant_bits: 16..80 },
+    Layout { dtype: DType::Q3_K, f16_scales: &[108], quant_bits: 0..96 },
+];
+
 const FLOAT_TYPES: &[DType] = &[DType::F32, DType::F16, DType::BF16];
 
 fn layout(dtype: DType) -> &'static Layout {
-    QUANT_LAYOUTS.iter().find(|l| l.dtype == dtype).expect("quantized dtype under test")
+    QUANT_LAYOUTS.iter().chain(DEQUANT_LAYOUTS).find(|l| l.dtype == dtype).expect("quantized dtype under test")
 }
 
 /// Random bytes for `n_blocks` blocks with finite f16 scales drawn from `scales`.
@@ -150,20 +160,37 @@ fn dequantize_via_scalar(dtype: DType, row: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// `M = Σ (|w_i| + 2|offset_i|) |x̂_i|`, the scale of f32 rounding in any summation order.
-fn magnitude(dtype: DType, row: &[u8], x_hat: &[f32]) -> f32 {
-    let w = dequantize_via_scalar(dtype, row);
-    let offsets = match QUANT_LAYOUTS.iter().find(|l| l.dtype == dtype) {
+fn dequantize(dtype: DType, row: &[u8]) -> Vec<f32> {
+    quant::dequantize_to_vec(dtype, row).expect("whole blocks")
+}
+
+/// Each element's part that does not depend on its quant bits (the block with them zeroed).
+fn offsets(dtype: DType, row: &[u8]) -> Vec<f32> {
+    match QUANT_LAYOUTS.iter().chain(DEQUANT_LAYOUTS).find(|l| l.dtype == dtype) {
         Some(l) => {
             let mut zeroed = row.to_vec();
             for block in zeroed.chunks_exact_mut(dtype.block_bytes()) {
                 block[l.quant_bits.clone()].fill(0);
             }
-            dequantize_via_scalar(dtype, &zeroed)
+            dequantize(dtype, &zeroed)
         }
-        None => vec![0.0; w.len()],
-    };
-    w.iter().zip(&offsets).zip(x_hat).map(|((w, o), x)| (w.abs() + 2.0 * o.abs()) * x.abs()).sum()
+        None => vec![0.0; row.len() / dtype.block_bytes()],
+    }
+}
+
+/// `M = Σ (|w_i| + 2|offset_i|) |x̂_i|`, the scale of f32 rounding in any summation order.
+fn magnitude(dtype: DType, row: &[u8], x_hat: &[f32]) -> f32 {
+    let w = dequantize(dtype, row);
+    w.iter().zip(&offsets(dtype, row)).zip(x_hat).map(|((w, o), x)| (w.abs() + 2.0 * o.abs()) * x.abs()).sum()
+}
+
+fn assert_scalar_reads_like_quant(dtype: DType, row: &[u8]) -> Result<(), TestCaseError> {
+    let (ours, theirs) = (dequantize_via_scalar(dtype, row), dequantize(dtype, row));
+    for (i, ((a, b), o)) in ours.iter().zip(&theirs).zip(offsets(dtype, row)).enumerate() {
+        let bound = 1e-6 * (b.abs() + 2.0 * o.abs());
+        prop_assert!((a - b).abs() <= bound, "{dtype} element {i}: scalar kernel reads {a}, quant {b}");
+    }
+    Ok(())
 }
 
 fn assert_simd_matches_scalar(dtype: DType, row: &[u8], x: &[f32]) -> Result<(), TestCaseError> {
@@ -182,7 +209,7 @@ fn assert_simd_matches_scalar(dtype: DType, row: &[u8], x: &[f32]) -> Result<(),
 fn assert_near_exact_dot(dtype: DType, row: &[u8], x: &[f32]) -> Result<(), TestCaseError> {
     let kernel = dot::best_kernel(dtype).unwrap();
     let acts = Acts::for_kernel(&kernel, x);
-    let w = dequantize_via_scalar(dtype, row);
+    let w = dequantize(dtype, row);
     let exact: f64 = w.iter().zip(x).map(|(&w, &x)| w as f64 * x as f64).sum();
     let rounding: f32 = w.iter().zip(acts.rounding_bound(x)).map(|(w, e)| w.abs() * e).sum();
     let bound = rounding + 1e-5 * magnitude(dtype, row, &acts.dequantized());
@@ -216,6 +243,7 @@ macro_rules! per_dtype {
             $(
                 #[test]
                 fn $test((row, x) in $case) {
+                    assert_scalar_reads_like_quant($dtype, &row)?;
                     assert_simd_matches_scalar($dtype, &row, &x)?;
                     assert_near_exact_dot($dtype, &row, &x)?;
                 }
@@ -265,14 +293,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(40))]
     #[test]
     fn prefill_equals_per_token_matvec(
-        which in 0..QUANT_LAYOUTS.len() + FLOAT_TYPES.len(),
+        which in 0..QUANT_LAYOUTS.len() + DEQUANT_LAYOUTS.len() + FLOAT_TYPES.len(),
         rows in 1usize..70,
         blocks in 1usize..4,
         n_tokens in 2usize..7,
         seed in any::<u64>(),
         x_seed in any::<u64>(),
     ) {
-        let dtype = QUANT_LAYOUTS.get(which).map(|l| l.dtype).unwrap_or_else(|| FLOAT_TYPES[which - QUANT_LAYOUTS.len()]);
+        let all: Vec<DType> = QUANT_LAYOUTS.iter().chain(DEQUANT_LAYOUTS).map(|l| l.dtype).chain(FLOAT_TYPES.iter().copied()).collect();
+        let dtype = all[which];
         let cols = blocks * if dtype.block_elems() == 1 { 37 } else { dtype.block_elems() };
         let bytes = random_matrix(dtype, rows, cols / dtype.block_elems(), seed);
         let w = WeightMatrix::new(dtype, rows, cols, &bytes).unwrap();
@@ -281,12 +310,14 @@ proptest! {
             .collect();
         let mut batched = vec![f32::NAN; n_tokens * rows];
         matmul(&w, &x, n_tokens, &mut batched);
-        let kernel = dot::best_kernel(dtype).unwrap();
+        let kernel = dot::best_kernel(dtype);
+        let name = apr_engine::kernels::kernel_name(dtype);
         for t in 0..n_tokens {
             let token = &x[t * cols..(t + 1) * cols];
             let mut single = vec![f32::NAN; rows];
             matmul(&w, token, 1, &mut single);
-            prop_assert_eq!(&batched[t * rows..(t + 1) * rows], &single[..], "{} token {}", kernel.name, t);
+            prop_assert_eq!(&batched[t * rows..(t + 1) * rows], &single[..], "{} token {}", name, t);
+            let Some(kernel) = kernel else { continue };
             let acts = Acts::for_kernel(&kernel, token);
             for (r, &got) in single.iter().enumerate() {
                 let row = &bytes[r * bytes.len() / rows..(r + 1) * bytes.len() / rows];
@@ -302,4 +333,50 @@ fn kernel_names_say_what_runs() {
     let expected = if dot::has_avx2() { "Q4_K×Q8_K avx2" } else { "Q4_K×Q8_K scalar" };
     assert_eq!(name, expected);
     assert!(apr_engine::kernels::kernel_name(DType::Q3_K).contains("dequant"));
+}
+
+/// Every dtype of the reference models, on the first up-to-256 rows of each
+/// tensor's first 2-D weight of that dtype, against the exact-dot bound.
+#[test]
+fn real_model_tensors_meet_the_exact_dot_bound() {
+    let mut seen = Vec::new();
+    for model in [QWEN_0_5B, QWEN_1_5B, SMOLLM2] {
+        let file = ModelFile::open(model.require()).unwrap();
+        for view in file.views() {
+            let &[rows, cols] = view.shape() else { continue };
+            let (dtype, rows, cols) = (view.dtype(), rows as usize, cols as usize);
+            if seen.contains(&(model.file, dtype)) || dot::best_kernel(dtype).is_none() {
+                continue;
+            }
+            seen.push((model.file, dtype));
+            let rows = rows.min(256);
+            let row_bytes = view.bytes.len() / view.shape()[0] as usize;
+            let w = WeightMatrix::new(dtype, rows, cols, &view.bytes[..rows * row_bytes]).unwrap();
+            let x: Vec<f32> = (0..cols).map(|i| ((i * 7919 % 1009) as f32 / 504.5 - 1.0) * 3.0).collect();
+            let mut out = vec![0.0; rows];
+            matmul(&w, &x, 1, &mut out);
+            let kernel = dot::best_kernel(dtype).unwrap();
+            let acts = Acts::for_kernel(&kernel, &x);
+            let mut worst = 0.0f64;
+            for (r, &got) in out.iter().enumerate() {
+                let row = w.row(r);
+                let weights = dequantize(dtype, row);
+                let exact: f64 = weights.iter().zip(&x).map(|(&w, &x)| w as f64 * x as f64).sum();
+                let scale: f64 = weights.iter().zip(&x).map(|(&w, &x)| (w as f64 * x as f64).abs()).sum();
+                let rounding: f32 = weights.iter().zip(acts.rounding_bound(&x)).map(|(w, e)| w.abs() * e).sum();
+                let bound = rounding + 1e-5 * magnitude(dtype, row, &acts.dequantized());
+                assert!(
+                    (got as f64 - exact).abs() <= bound as f64,
+                    "{} {} row {r}: got {got} exact {exact} bound {bound}",
+                    model.file,
+                    view.name()
+                );
+                worst = worst.max((got as f64 - exact).abs() / scale.max(f64::MIN_POSITIVE));
+            }
+            eprintln!("{} {} ({}): max |err| / Σ|w·x| = {worst:.2e}", model.file, view.name(), kernel.name);
+        }
+    }
+    for dtype in [DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::F32] {
+        assert!(seen.iter().any(|&(_, d)| d == dtype), "no {dtype} matrix found in the reference models");
+    }
 }
