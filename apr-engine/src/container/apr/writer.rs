@@ -168,7 +168,8 @@ fn checked_heads(meta: &crate::container::Metadata, name: &str, shape: &[u64]) -
         [rows, _] => *rows,
         _ => return Err(format!("Q/K projection of shape {shape:?} is not a matrix")),
     };
-    if heads == 0 || rows == 0 || rows % heads as u64 != 0 || (rows / heads as u64) % 2 != 0 {
+    let heads_u64 = heads as u64;
+    if heads == 0 || rows == 0 || !rows.is_multiple_of(heads_u64) || !(rows / heads_u64).is_multiple_of(2) {
         return Err(format!("{rows} rows do not split into {heads} heads of an even size; cannot reorder Q/K rows"));
     }
     Ok(heads)
