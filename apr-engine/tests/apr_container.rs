@@ -556,6 +556,12 @@ fn bad_sources_fail_without_leaving_a_file() {
             Ok(Cow::Borrowed(&self.0.data[index][1..]))
         }
     }
+    let mut headless = small_source();
+    headless.metadata.entries.shift_remove("llama.attention.head_count");
+    let path = dir.path().join("headless.apr");
+    let err = apr::write(&path, &headless, WriteOptions::default(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("attention.head_count"), "{err}");
+
     let path = dir.path().join("short.apr");
     let err = apr::write(&path, &ShortSource(small_source()), WriteOptions::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("source gave"), "{err}");

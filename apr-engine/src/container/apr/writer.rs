@@ -163,6 +163,10 @@ fn place(source: &dyn TensorSource) -> Result<Vec<Placed>> {
 /// The head count for reordering a Q/K matrix, after checking that its rows
 /// split into heads of an even size (otherwise reordering would lose rows).
 fn checked_heads(meta: &crate::container::Metadata, name: &str, shape: &[u64]) -> std::result::Result<usize, String> {
+    // heads_of falls back to one head; reordering by a guessed count would scramble rows.
+    if meta.arch_u64("attention.head_count").is_none() {
+        return Err("no attention.head_count in the metadata; cannot reorder Q/K rows".into());
+    }
     let heads = qk_order::heads_of(meta, name);
     let rows = match shape {
         [rows, _] => *rows,
