@@ -11,10 +11,10 @@ if [ -x "$dir/build/bin/llama-bench" ]; then
 fi
 mkdir -p "$dir"
 python3 -m pip install --quiet --disable-pip-version-check cmake ninja
-python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$dir/sdist"
+python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python "llama-cpp-python==$version" -d "$dir/sdist"
 tar -xzf "$dir"/sdist/llama_cpp_python-"$version".tar.gz -C "$dir/sdist"
 src="$dir/sdist/llama_cpp_python-$version/vendor/llama.cpp"
 cmake -S "$src" -B "$dir/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
-cmake --build "$dir/build" --target llama-bench llama-cli llama-simple
+cmake --build "$dir/build" --target llama-bench llama-completion llama-tokenize
 echo "$dir/build/bin"

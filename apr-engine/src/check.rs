@@ -34,8 +34,25 @@ pub fn check(path: &Path) -> Vec<Stage> {
         stages.push(Stage { name, passed, detail });
         passed
     };
-    push("open", true, format!("{}, {} bytes, {} tensors, loaded in {:.2} s", file.format(), file.file_size(), file.tensors().len(), pipeline.load_time.as_secs_f64()));
-    push("metadata", true, format!("{}, {} layers, hidden {}, {} heads / {} KV heads, vocab {}", c.architecture, c.layers, c.hidden, c.heads, c.kv_heads, c.vocab));
+    push(
+        "open",
+        true,
+        format!(
+            "{}, {} bytes, {} tensors, loaded in {:.2} s",
+            file.format(),
+            file.file_size(),
+            file.tensors().len(),
+            pipeline.load_time.as_secs_f64()
+        ),
+    );
+    push(
+        "metadata",
+        true,
+        format!(
+            "{}, {} layers, hidden {}, {} heads / {} KV heads, vocab {}",
+            c.architecture, c.layers, c.hidden, c.heads, c.kv_heads, c.vocab
+        ),
+    );
     let ids = pipeline.tokenizer.encode_with_special(PROBE_TEXT, false);
     let decoded = pipeline.tokenizer.decode(&ids);
     if !push("tokenizer", decoded == PROBE_TEXT, format!("{PROBE_TEXT:?} -> {} tokens -> {decoded:?}", ids.len())) {
@@ -56,10 +73,23 @@ pub fn check(path: &Path) -> Vec<Stage> {
     let logit_stats = stats_of(&logits);
     let checks: [(&str, bool, String); 5] = [
         ("embedding", healthy(embedding), describe(embedding)),
-        ("one layer", layer_outputs.first().is_some_and(|s| healthy(s)), layer_outputs.first().map_or("no layer ran".into(), |s| format!("layer 0 output {}", describe(s)))),
+        (
+            "one layer",
+            layer_outputs.first().is_some_and(|s| healthy(s)),
+            layer_outputs.first().map_or("no layer ran".into(), |s| format!("layer 0 output {}", describe(s))),
+        ),
         ("all layers", layer_outputs.iter().all(|s| healthy(s)), all_layers_detail(&layer_outputs)),
         ("final norm", healthy(final_norm), describe(final_norm)),
-        ("logits", healthy(&logit_stats), format!("logits[{}] {}, max {:.1}", logits.len(), if logit_stats.nan + logit_stats.inf == 0 { "finite" } else { "NOT finite" }, logit_stats.max)),
+        (
+            "logits",
+            healthy(&logit_stats),
+            format!(
+                "logits[{}] {}, max {:.1}",
+                logits.len(),
+                if logit_stats.nan + logit_stats.inf == 0 { "finite" } else { "NOT finite" },
+                logit_stats.max
+            ),
+        ),
     ];
     for (name, passed, detail) in checks {
         if !push(name, passed, detail) {
@@ -67,14 +97,27 @@ pub fn check(path: &Path) -> Vec<Stage> {
         }
     }
     let next = argmax(&logits);
-    if !push("sampling", (next as usize) < c.vocab, format!("greedy next token {next} {:?}", pipeline.tokenizer.decode(&[next]))) {
+    if !push(
+        "sampling",
+        (next as usize) < c.vocab,
+        format!("greedy next token {next} {:?}", pipeline.tokenizer.decode(&[next])),
+    ) {
         return stages;
     }
     let prompt = pipeline.prompt_tokens("What is 2+2?", None, false).unwrap_or(ids);
     let mut cache = pipeline.model.new_cache(prompt.len() + 8);
     let options = GenerateOptions { max_tokens: 8, sampling: SamplingParams::default(), logits_top_k: None };
     match generate(&pipeline.model, &mut cache, &prompt, &options, |t| pipeline.tokenizer.is_eog(t), |_| {}) {
-        Ok(g) => push("generation", !g.tokens.is_empty(), format!("{} tokens: {:?} ({:.1} tok/s)", g.tokens.len(), pipeline.tokenizer.decode(&g.tokens), g.timings.decode_tok_s)),
+        Ok(g) => push(
+            "generation",
+            !g.tokens.is_empty(),
+            format!(
+                "{} tokens: {:?} ({:.1} tok/s)",
+                g.tokens.len(),
+                pipeline.tokenizer.decode(&g.tokens),
+                g.timings.decode_tok_s
+            ),
+        ),
         Err(e) => push("generation", false, e.to_string()),
     };
     stages

@@ -61,15 +61,25 @@ pub fn format_for_extension(path: &Path) -> Option<FormatKind> {
 /// Converts `input` into `output`.
 pub fn convert(input: &ModelFile, output: &Path, options: ConvertOptions, progress: Progress) -> Result<ConvertReport> {
     let source = ConvertingSource::new(input, options)?;
-    let write_options = WriteOptions { force: options.force };
-    match options.to {
-        FormatKind::Gguf => container::gguf::write(output, &source, write_options, progress)?,
-        FormatKind::Apr => container::apr::write(output, &source, write_options, progress)?,
-        FormatKind::SafeTensors => container::safetensors::write(output, &source, write_options, progress)?,
-    }
+    write_source(options.to, output, &source, WriteOptions { force: options.force }, progress)?;
     let mut report = source.report;
     report.bytes_written = std::fs::metadata(output).map_err(|e| Error::io(output, e))?.len();
     Ok(report)
+}
+
+/// Writes `source` to `output` with the writer of `format`.
+pub fn write_source(
+    format: FormatKind,
+    output: &Path,
+    source: &dyn TensorSource,
+    options: WriteOptions,
+    progress: Progress,
+) -> Result<()> {
+    match format {
+        FormatKind::Gguf => container::gguf::write(output, source, options, progress),
+        FormatKind::Apr => container::apr::write(output, source, options, progress),
+        FormatKind::SafeTensors => container::safetensors::write(output, source, options, progress),
+    }
 }
 
 /// One tensor's plan: where it comes from and what it becomes.

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::model::{KvCache, Logits, Model};
+use crate::model::{KvCache, Logits, Model, NoObserver, Observer};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingParams {
@@ -126,14 +126,27 @@ pub fn generate(
     prompt: &[u32],
     options: &GenerateOptions,
     is_eog: impl Fn(u32) -> bool,
+    on_token: impl FnMut(u32),
+) -> Result<Generation> {
+    generate_observed(model, cache, prompt, options, is_eog, on_token, &mut NoObserver)
+}
+
+/// [`generate`], showing `observer` every forward call (for `--trace`).
+pub fn generate_observed(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    is_eog: impl Fn(u32) -> bool,
     mut on_token: impl FnMut(u32),
+    observer: &mut dyn Observer,
 ) -> Result<Generation> {
     let mut out = Generation::default();
     let mut sampler = Sampler::new(options.sampling);
     let vocab = model.config.vocab;
     let started = Instant::now();
     let mode = if options.logits_top_k.is_some() { Logits::All } else { Logits::Last };
-    let logits = model.forward(prompt, cache, mode)?;
+    let logits = model.forward_observed(prompt, cache, mode, observer)?;
     if let Some(k) = options.logits_top_k {
         out.top_logits.extend(logits.chunks_exact(vocab).map(|row| top_k(row, k)));
     }
@@ -147,7 +160,7 @@ pub fn generate(
         if is_eog(token) || out.tokens.len() == options.max_tokens {
             break;
         }
-        last = model.forward(&[token], cache, Logits::Last)?;
+        last = model.forward_observed(&[token], cache, Logits::Last, observer)?;
         if let Some(k) = options.logits_top_k {
             out.top_logits.push(top_k(&last, k));
         }

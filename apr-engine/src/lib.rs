@@ -2,6 +2,7 @@
 //! and the testing runtime behind `#[model_test]` and `cargo apr`.
 
 pub mod backend;
+pub mod bench;
 pub mod container;
 pub mod dtype;
 pub mod error;
@@ -10,15 +11,17 @@ pub mod model;
 pub mod quant;
 pub mod testing;
 pub mod tokenizer;
+pub mod trace;
+pub mod tracediff;
 
 pub use container::{Format, ModelFile, TensorInfo, TensorView};
 pub use dtype::DType;
 pub use error::{Error, ParseError, Result};
+pub mod check;
 pub mod convert;
 pub mod diff;
 pub mod generate;
 pub mod inspect;
+pub mod pipeline;
 pub mod stats;
 pub mod validate;
-pub mod pipeline;
-pub mod check;

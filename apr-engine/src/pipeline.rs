@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::backend::cpu::Cpu;
-use crate::container::ModelFile;
+use crate::container::{Metadata, ModelFile};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tokenizer::chat::{self, ChatMessage};
@@ -36,24 +36,43 @@ impl Pipeline {
     /// appended); a model without a template gets the plain concatenation.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
         match self.chat_template() {
-            Some(template) => chat::render(template, messages, true).map_err(|e| Error::Invalid(format!("chat template: {e}"))),
+            Some(template) => {
+                chat::render(template, messages, true).map_err(|e| Error::Invalid(format!("chat template: {e}")))
+            }
             None => Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")),
         }
     }
 
-    /// Token ids for a prompt: through the chat template unless `raw`; special
-    /// tokens written in the text are recognised either way, as llama.cpp does.
+    /// Token ids for a prompt: through the chat template unless `raw`.
     pub fn prompt_tokens(&self, prompt: &str, system: Option<&str>, raw: bool) -> Result<Vec<u32>> {
-        let text = if raw {
-            prompt.to_string()
-        } else {
+        prompt_tokens(&self.tokenizer, self.model.file.metadata(), prompt, system, raw)
+    }
+}
+
+/// Token ids for a prompt: rendered with the chat template in `metadata`
+/// unless `raw` (or the model has none); special tokens written in the text
+/// are recognised either way, as llama.cpp does.
+pub fn prompt_tokens(
+    tokenizer: &Tokenizer,
+    metadata: &Metadata,
+    prompt: &str,
+    system: Option<&str>,
+    raw: bool,
+) -> Result<Vec<u32>> {
+    let text = match metadata.get_str("tokenizer.chat_template") {
+        Some(template) if !raw => {
             let mut messages = Vec::new();
             if let Some(system) = system {
                 messages.push(ChatMessage::new("system", system));
             }
             messages.push(ChatMessage::new("user", prompt));
-            self.render_chat(&messages)?
-        };
-        Ok(self.tokenizer.encode_with_special(&text, true))
-    }
+            render_chat(template, &messages)?
+        }
+        _ => prompt.to_string(),
+    };
+    Ok(tokenizer.encode_with_special(&text, true))
+}
+
+fn render_chat(template: &str, messages: &[ChatMessage]) -> Result<String> {
+    chat::render(template, messages, true).map_err(|e| Error::Invalid(format!("chat template: {e}")))
 }

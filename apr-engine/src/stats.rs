@@ -1,9 +1,9 @@
 //! Summary statistics of tensor values: for validation, and for traces.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Mean, spread, extremes, L2 norm and the counts that reveal broken data.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ValueStats {
     pub count: u64,
     pub mean: f64,

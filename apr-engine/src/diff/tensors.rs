@@ -128,7 +128,7 @@ fn summarize(report: &TensorDiffReport) -> DiffSummary {
     s
 }
 
-fn compare_tensor(a: &ModelFile, b: &ModelFile, va: TensorView, vb: TensorView) -> Result<TensorComparison> {
+pub fn compare_tensor(a: &ModelFile, b: &ModelFile, va: TensorView, vb: TensorView) -> Result<TensorComparison> {
     let verdict = if va.shape() != vb.shape() {
         let reversed: Vec<u64> = vb.shape().iter().rev().copied().collect();
         if va.shape().len() > 1 && reversed == va.shape() {

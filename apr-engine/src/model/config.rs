@@ -56,11 +56,11 @@ impl ModelConfig {
         }
         let kv_heads = meta.arch_u64("attention.head_count_kv").map(|v| v as usize).unwrap_or(heads);
         let embedding = tensors.iter().find(|t| t.name == "token_embd.weight");
-        let vocab = meta
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.as_array())
-            .map(<[_]>::len)
-            .or_else(|| embedding.map(|t| t.shape[0] as usize))
+        // The embedding's rows are the vocabulary the weights were trained
+        // for (tokenizers may list fewer tokens than a padded table).
+        let vocab = embedding
+            .map(|t| t.shape[0] as usize)
+            .or_else(|| meta.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(<[_]>::len))
             .or_else(|| meta.arch_u64("vocab_size").map(|v| v as usize))
             .ok_or_else(|| missing("tokenizer.ggml.tokens (or token_embd.weight)"))?;
         Ok(ModelConfig {

@@ -1,5 +1,7 @@
 //! The decoder forward pass, written once against [`Backend`].
 
+use std::time::{Duration, Instant};
+
 use crate::backend::{AttentionShape, Backend};
 use crate::container::ModelFile;
 use crate::error::{Error, Result};
@@ -28,10 +30,40 @@ pub enum Boundary {
     Logits,
 }
 
-/// Sees activations as the forward pass produces them (`n_tokens` rows each).
-/// `layer` is `None` outside the decoder layers.
+/// One timed operation of the forward pass (what `--trace` and `--profile` report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Embedding,
+    AttnNorm,
+    QkvProjection,
+    Rope,
+    Attention,
+    OutProjection,
+    AttnResidual,
+    FfnNorm,
+    GateUpProjection,
+    Activation,
+    DownProjection,
+    FfnResidual,
+    FinalNorm,
+    LmHead,
+}
+
+/// Sees what the forward pass does: each call's positions, the activations
+/// at every boundary (`n_tokens` rows each) and, when asked, each
+/// operation's duration. `layer` is `None` outside the decoder layers.
 pub trait Observer {
+    /// A forward call over positions `start..start + n_tokens` begins.
+    fn begin(&mut self, _start: usize, _n_tokens: usize) {}
     fn observe(&mut self, layer: Option<usize>, boundary: Boundary, values: &[f32]);
+    /// Whether [`Observer::timed`] should be called (the clock is read only then).
+    fn wants_timing(&self) -> bool {
+        false
+    }
+    fn timed(&mut self, _layer: Option<usize>, _op: Op, _elapsed: Duration) {}
+    /// The forward call ends.
+    fn end(&mut self) {}
 }
 
 /// The observer of an untraced run: does nothing, costs nothing.
@@ -40,6 +72,17 @@ pub struct NoObserver;
 impl Observer for NoObserver {
     #[inline]
     fn observe(&mut self, _: Option<usize>, _: Boundary, _: &[f32]) {}
+}
+
+/// Runs `f`, reporting its duration to `observer` if it keeps time.
+fn timed<T>(observer: &mut dyn Observer, layer: Option<usize>, op: Op, f: impl FnOnce() -> T) -> T {
+    if !observer.wants_timing() {
+        return f();
+    }
+    let started = Instant::now();
+    let result = f();
+    observer.timed(layer, op, started.elapsed());
+    result
 }
 
 /// Small per-layer vectors (norm gains, biases) dequantized once at load;
@@ -126,7 +169,8 @@ impl Model {
                 cache.capacity()
             )));
         }
-        let mut x = self.embed(tokens)?;
+        observer.begin(start, n);
+        let mut x = timed(observer, None, Op::Embedding, || self.embed(tokens))?;
         observer.observe(None, Boundary::Embedding, &x);
         let mut normed = vec![0.0; n * c.hidden];
         for layer in 0..c.layers {
@@ -139,12 +183,15 @@ impl Model {
             Logits::All => &x[..],
         };
         let n_rows = rows.len() / c.hidden;
+        let b = &*self.backend;
         let mut final_norm = vec![0.0; rows.len()];
-        self.backend.rms_norm(rows, &self.output_norm, c.rms_eps, &mut final_norm);
+        timed(observer, None, Op::FinalNorm, || b.rms_norm(rows, &self.output_norm, c.rms_eps, &mut final_norm));
         observer.observe(None, Boundary::FinalNorm, &final_norm);
         let mut out = vec![0.0; n_rows * c.vocab];
-        self.backend.matmul(&matrix(&self.file, self.weights.output), &final_norm, n_rows, &mut out);
+        let head = matrix(&self.file, self.weights.output);
+        timed(observer, None, Op::LmHead, || b.matmul(&head, &final_norm, n_rows, &mut out));
         observer.observe(None, Boundary::Logits, &out);
+        observer.end();
         Ok(out)
     }
 
@@ -161,6 +208,17 @@ impl Model {
         Ok(x)
     }
 
+    /// A matrix product `n` rows of `input` by weight `index`, plus an optional bias.
+    fn project(&self, index: TensorIndex, bias: Option<&[f32]>, input: &[f32], n: usize) -> Vec<f32> {
+        let w = matrix(&self.file, index);
+        let mut out = vec![0.0; n * w.rows];
+        self.backend.matmul(&w, input, n, &mut out);
+        if let Some(bias) = bias {
+            out.chunks_exact_mut(w.rows).for_each(|row| self.backend.add(row, bias));
+        }
+        out
+    }
+
     fn attention_block(
         &self,
         layer: usize,
@@ -170,66 +228,61 @@ impl Model {
         cache: &mut KvCache,
         observer: &mut dyn Observer,
     ) {
-        let mut see = |boundary, values: &[f32]| observer.observe(Some(layer), boundary, values);
         let c = &self.config;
         let (w, v) = (&self.weights.layers[layer], &self.layer_vectors[layer]);
         let b = &*self.backend;
+        let at = Some(layer);
         let n = x.len() / c.hidden;
-        let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        b.rms_norm(x, &v.attn_norm, c.rms_eps, normed);
-        see(Boundary::AttnNorm, normed);
-        let project = |index, bias: &Option<Vec<f32>>, width| {
-            let mut out = vec![0.0; n * width];
-            b.matmul(&matrix(&self.file, index), normed, n, &mut out);
-            if let Some(bias) = bias {
-                out.chunks_exact_mut(width).for_each(|row| b.add(row, bias));
-            }
-            out
-        };
-        let mut q = project(w.q, &v.q_bias, q_dim);
-        let mut k = project(w.k, &v.k_bias, kv_dim);
-        let values = project(w.v, &v.v_bias, kv_dim);
-        see(Boundary::Q, &q);
-        see(Boundary::K, &k);
-        see(Boundary::V, &values);
-        b.rope(&mut q, c.heads, c.head_dim, start, c.rope_base, self.weights.rope);
-        b.rope(&mut k, c.kv_heads, c.head_dim, start, c.rope_base, self.weights.rope);
-        cache.store(layer, start, &k, &values);
-        let (keys, vals) = cache.layer(layer, start + n);
-        let mut attn = vec![0.0; n * q_dim];
-        let shape = AttentionShape {
-            n_tokens: n,
-            start_pos: start,
-            heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-        };
-        b.attention(&q, keys, vals, shape, &mut attn);
-        let mut projected = vec![0.0; n * c.hidden];
-        b.matmul(&matrix(&self.file, w.o), &attn, n, &mut projected);
-        see(Boundary::AttnOutput, &projected);
-        b.add(x, &projected);
-        see(Boundary::AttnResidual, x);
+        timed(observer, at, Op::AttnNorm, || b.rms_norm(x, &v.attn_norm, c.rms_eps, normed));
+        observer.observe(at, Boundary::AttnNorm, normed);
+        let (mut q, mut k, values) = timed(observer, at, Op::QkvProjection, || {
+            let q = self.project(w.q, v.q_bias.as_deref(), normed, n);
+            let k = self.project(w.k, v.k_bias.as_deref(), normed, n);
+            (q, k, self.project(w.v, v.v_bias.as_deref(), normed, n))
+        });
+        observer.observe(at, Boundary::Q, &q);
+        observer.observe(at, Boundary::K, &k);
+        observer.observe(at, Boundary::V, &values);
+        timed(observer, at, Op::Rope, || {
+            b.rope(&mut q, c.heads, c.head_dim, start, c.rope_base, self.weights.rope);
+            b.rope(&mut k, c.kv_heads, c.head_dim, start, c.rope_base, self.weights.rope);
+        });
+        let attn = timed(observer, at, Op::Attention, || {
+            cache.store(layer, start, &k, &values);
+            let (keys, vals) = cache.layer(layer, start + n);
+            let mut attn = vec![0.0; n * c.heads * c.head_dim];
+            let shape = AttentionShape {
+                n_tokens: n,
+                start_pos: start,
+                heads: c.heads,
+                kv_heads: c.kv_heads,
+                head_dim: c.head_dim,
+            };
+            b.attention(&q, keys, vals, shape, &mut attn);
+            attn
+        });
+        let projected = timed(observer, at, Op::OutProjection, || self.project(w.o, None, &attn, n));
+        observer.observe(at, Boundary::AttnOutput, &projected);
+        timed(observer, at, Op::AttnResidual, || b.add(x, &projected));
+        observer.observe(at, Boundary::AttnResidual, x);
     }
 
     fn ffn_block(&self, layer: usize, x: &mut [f32], normed: &mut [f32], observer: &mut dyn Observer) {
-        let mut see = |boundary, values: &[f32]| observer.observe(Some(layer), boundary, values);
         let c = &self.config;
         let (w, v) = (&self.weights.layers[layer], &self.layer_vectors[layer]);
         let b = &*self.backend;
+        let at = Some(layer);
         let n = x.len() / c.hidden;
-        b.rms_norm(x, &v.ffn_norm, c.rms_eps, normed);
-        see(Boundary::FfnNorm, normed);
-        let mut gate = vec![0.0; n * c.ffn];
-        let mut up = vec![0.0; n * c.ffn];
-        b.matmul(&matrix(&self.file, w.gate), normed, n, &mut gate);
-        b.matmul(&matrix(&self.file, w.up), normed, n, &mut up);
-        b.silu_mul(&mut gate, &up);
-        let mut down = vec![0.0; n * c.hidden];
-        b.matmul(&matrix(&self.file, w.down), &gate, n, &mut down);
-        see(Boundary::FfnOutput, &down);
-        b.add(x, &down);
-        see(Boundary::FfnResidual, x);
+        timed(observer, at, Op::FfnNorm, || b.rms_norm(x, &v.ffn_norm, c.rms_eps, normed));
+        observer.observe(at, Boundary::FfnNorm, normed);
+        let (mut gate, up) = timed(observer, at, Op::GateUpProjection, || {
+            (self.project(w.gate, None, normed, n), self.project(w.up, None, normed, n))
+        });
+        timed(observer, at, Op::Activation, || b.silu_mul(&mut gate, &up));
+        let down = timed(observer, at, Op::DownProjection, || self.project(w.down, None, &gate, n));
+        observer.observe(at, Boundary::FfnOutput, &down);
+        timed(observer, at, Op::FfnResidual, || b.add(x, &down));
+        observer.observe(at, Boundary::FfnResidual, x);
     }
 }
 

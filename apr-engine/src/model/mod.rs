@@ -5,5 +5,5 @@ pub mod kv_cache;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
-pub use forward::{Boundary, Logits, Model, NoObserver, Observer};
-pub use kv_cache::KvCache;
+pub use forward::{Boundary, Logits, Model, NoObserver, Observer, Op};
+pub use kv_cache::{KvCache, KvFault};

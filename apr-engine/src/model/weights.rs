@@ -79,13 +79,48 @@ impl ModelWeights {
             (Architecture::Llama, QkRowOrder::Gguf) => RopeStyle::Interleaved,
             _ => RopeStyle::Halves,
         };
-        Ok(ModelWeights {
+        let weights = ModelWeights {
             embedding,
             output_norm: need("output_norm.weight".into())?,
             output: find("output.weight").unwrap_or(embedding),
             layers,
             rope,
-        })
+        };
+        weights.check_shapes(file, config)?;
+        Ok(weights)
+    }
+
+    /// Every matrix must have the `[out, in]` shape the configuration implies:
+    /// a transposed or mis-sized tensor is an error here, not garbage later.
+    fn check_shapes(&self, file: &ModelFile, c: &ModelConfig) -> Result<()> {
+        let (q, kv) = ((c.heads * c.head_dim) as u64, (c.kv_heads * c.head_dim) as u64);
+        let (hidden, ffn, vocab) = (c.hidden as u64, c.ffn as u64, c.vocab as u64);
+        let mut expected = vec![(self.embedding, [vocab, hidden]), (self.output, [vocab, hidden])];
+        for l in &self.layers {
+            expected.extend([
+                (l.q, [q, hidden]),
+                (l.k, [kv, hidden]),
+                (l.v, [kv, hidden]),
+                (l.o, [hidden, q]),
+                (l.gate, [ffn, hidden]),
+                (l.up, [ffn, hidden]),
+                (l.down, [hidden, ffn]),
+            ]);
+        }
+        for (index, shape) in expected {
+            let info = &file.tensors()[index];
+            if info.shape != shape {
+                let hint = if info.shape.iter().rev().eq(shape.iter()) { " (transposed)" } else { "" };
+                return Err(Error::Invalid(format!(
+                    "{}: tensor {} has shape {:?}, the configuration needs {:?}{hint}",
+                    file.path.display(),
+                    info.name,
+                    info.shape,
+                    shape
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,14 +1,274 @@
-//! Chat templates (TEMPORARY stub: the tokenizer branch replaces this file).
-#[derive(Debug, Clone)]
+//! Chat templates: the model's own `tokenizer.chat_template`, rendered as
+//! Hugging Face's `apply_chat_template` renders it.
+//!
+//! Like transformers: a Jinja environment with `trim_blocks` and
+//! `lstrip_blocks`, loop controls, Python string and dict methods
+//! (`.strip()`, `.startswith()`, `.items()`... via minijinja-contrib's
+//! pycompat), `raise_exception(msg)`, and a `tojson` that writes what Python's
+//! `json.dumps(ensure_ascii=False)` writes. Variables: `messages`,
+//! `add_generation_prompt`, `bos_token`, `eos_token`; `tools` and the rest are
+//! undefined, so templates take their no-tools branch.
+
+use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::{context, Environment, Error, ErrorKind};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
 }
+
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         ChatMessage { role: role.into(), content: content.into() }
     }
 }
-pub fn render(_template: &str, _messages: &[ChatMessage], _add_generation_prompt: bool) -> Result<String, String> {
-    Err("chat templates not written yet".into())
+
+/// The texts a template sees as `bos_token` and `eos_token`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecialTokenTexts {
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("chat template does not compile (line {line}): {detail}")]
+    Syntax { line: usize, detail: String },
+    #[error("chat template raised an exception: {0}")]
+    Raised(String),
+    #[error("chat template failed to render (line {line}): {detail}")]
+    Render { line: usize, detail: String },
+}
+
+/// Marks errors that come from the template's own `raise_exception`.
+const RAISED: &str = "raise_exception: ";
+
+/// Renders `messages` with empty `bos_token` / `eos_token`; see [`render_with`].
+pub fn render(template: &str, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
+    render_with(template, messages, add_generation_prompt, &SpecialTokenTexts::default())
+}
+
+/// Renders `messages` through `template`; with `add_generation_prompt` the
+/// template appends the opening of the assistant's turn.
+pub fn render_with(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    special: &SpecialTokenTexts,
+) -> Result<String, ChatError> {
+    let mut env = environment();
+    env.add_template("chat", template).map_err(|e| syntax_error(&e))?;
+    let compiled = env.get_template("chat").map_err(|e| syntax_error(&e))?;
+    let ctx = context! {
+        messages => messages,
+        add_generation_prompt => add_generation_prompt,
+        bos_token => special.bos_token.as_str(),
+        eos_token => special.eos_token.as_str(),
+    };
+    compiled.render(ctx).map_err(|e| render_error(&e))
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.add_filter("tojson", tojson);
+    env
+}
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{message}")))
+}
+
+fn syntax_error(e: &Error) -> ChatError {
+    ChatError::Syntax { line: e.line().unwrap_or(0), detail: describe(e) }
+}
+
+fn render_error(e: &Error) -> ChatError {
+    match e.detail().and_then(|d| d.strip_prefix(RAISED)) {
+        Some(message) => ChatError::Raised(message.to_string()),
+        None => ChatError::Render { line: e.line().unwrap_or(0), detail: describe(e) },
+    }
+}
+
+fn describe(e: &Error) -> String {
+    match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+/// `value | tojson(indent=None)`: Python's `json.dumps(value, ensure_ascii=False, indent=indent)`.
+fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    write_json(value, indent, 0, &mut out)?;
+    Ok(Value::from_safe_string(out))
+}
+
+fn write_json(value: &Value, indent: Option<usize>, depth: usize, out: &mut String) -> Result<(), Error> {
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+        ValueKind::Number => out.push_str(&python_number(value)),
+        ValueKind::String => write_json_string(value.as_str().unwrap_or_default(), out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = value.try_iter()?.collect();
+            write_container(('[', ']'), &items, indent, depth, out, |item, out| {
+                write_json(item, indent, depth + 1, out)
+            })?;
+        }
+        ValueKind::Map => {
+            let keys: Vec<Value> = value.try_iter()?.collect();
+            write_container(('{', '}'), &keys, indent, depth, out, |key, out| {
+                write_json_string(&key.to_string(), out);
+                out.push_str(": ");
+                write_json(&value.get_item(key)?, indent, depth + 1, out)
+            })?;
+        }
+        kind => {
+            return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson cannot write a value of kind {kind}")))
+        }
+    }
+    Ok(())
+}
+
+/// Brackets around items: `[a, b]` on one line, or one item a line with `indent`.
+fn write_container(
+    (open, close): (char, char),
+    items: &[Value],
+    indent: Option<usize>,
+    depth: usize,
+    out: &mut String,
+    mut write_item: impl FnMut(&Value, &mut String) -> Result<(), Error>,
+) -> Result<(), Error> {
+    out.push(open);
+    for (i, item) in items.iter().enumerate() {
+        match indent {
+            Some(width) => {
+                out.push_str(if i == 0 { "\n" } else { ",\n" });
+                out.push_str(&" ".repeat(width * (depth + 1)));
+            }
+            None if i > 0 => out.push_str(", "),
+            None => {}
+        }
+        write_item(item, out)?;
+    }
+    if let (Some(width), false) = (indent, items.is_empty()) {
+        out.push('\n');
+        out.push_str(&" ".repeat(width * depth));
+    }
+    out.push(close);
+    Ok(())
+}
+
+fn write_json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A number as Python's `repr` writes it: integers plainly, floats with a
+/// `.0` when whole, in exponent form below 1e-4 or from 1e16 on.
+fn python_number(value: &Value) -> String {
+    if value.is_integer() {
+        return value.to_string();
+    }
+    let Ok(v) = f64::try_from(value.clone()) else {
+        return value.to_string();
+    };
+    if !v.is_finite() {
+        return if v.is_nan() {
+            "NaN".into()
+        } else if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    let magnitude = v.abs();
+    if magnitude != 0.0 && !(1e-4..1e16).contains(&magnitude) {
+        let formatted = format!("{v:e}");
+        let (mantissa, exponent) = formatted.split_once('e').unwrap_or((&formatted, "0"));
+        let (sign, digits) = exponent.strip_prefix('-').map_or(("+", exponent), |d| ("-", d));
+        return format!("{mantissa}e{sign}{digits:0>2}");
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.1}")
+    } else {
+        v.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(template: &str) -> Result<String, ChatError> {
+        render(template, &[ChatMessage::new("user", "  hi there  ")], true)
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let out = one("{{ messages[0].content.strip().upper() }}|{{ messages[0]['role'].startswith('us') }}").unwrap();
+        assert_eq!(out, "HI THERE|True");
+        let out = one("{% for k, v in {'a': 1}.items() %}{{ k }}={{ v }}{% endfor %}").unwrap();
+        assert_eq!(out, "a=1");
+    }
+
+    #[test]
+    fn trim_and_lstrip_blocks_like_transformers() {
+        let template =
+            "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}";
+        assert_eq!(one(template).unwrap(), "[  hi there  ]\n");
+    }
+
+    #[test]
+    fn raise_exception_is_reported_with_its_message() {
+        let err =
+            one("{% if messages[0].role != 'system' %}{{ raise_exception('System first!') }}{% endif %}").unwrap_err();
+        assert!(matches!(&err, ChatError::Raised(m) if m == "System first!"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = one("ok\n{% if %}").unwrap_err();
+        assert!(matches!(err, ChatError::Syntax { line: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn tools_are_undefined_and_bos_eos_are_passed() {
+        let special = SpecialTokenTexts { bos_token: "<s>".into(), eos_token: "</s>".into() };
+        let out = render_with("{% if tools %}T{% endif %}{{ bos_token }}x{{ eos_token }}", &[], false, &special);
+        assert_eq!(out.unwrap(), "<s>x</s>");
+    }
+
+    #[test]
+    fn tojson_writes_what_python_json_dumps_writes() {
+        let out = one(r#"{{ {"a": [1, 2.5, 3.0, none, true], "s": "q\"<é>\n"} | tojson }}"#).unwrap();
+        assert_eq!(out, r#"{"a": [1, 2.5, 3.0, null, true], "s": "q\"<é>\n"}"#);
+        let out = one(r#"{{ {"k": [1]} | tojson(indent=2) }}"#).unwrap();
+        assert_eq!(out, "{\n  \"k\": [\n    1\n  ]\n}");
+        assert_eq!(
+            one("{{ [] | tojson(indent=2) }}{{ 1e20 | tojson }} {{ 0.00001 | tojson }}").unwrap(),
+            "[]1e+20 1e-05"
+        );
+    }
 }

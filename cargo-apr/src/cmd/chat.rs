@@ -4,11 +4,13 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
-use apr_engine::generate::{generate, GenerateOptions, SamplingParams};
+use apr_engine::generate::{generate_observed, GenerateOptions, SamplingParams};
+use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::Pipeline;
 use apr_engine::tokenizer::chat::ChatMessage;
 
 use super::stream::TextStream;
+use super::trace_args::TraceArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,6 +26,8 @@ pub struct Args {
     /// Context positions to allocate.
     #[arg(long, default_value_t = 4096)]
     context: usize,
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
@@ -37,6 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         sampling: SamplingParams { temperature: args.temperature, seed: args.seed, ..Default::default() },
         logits_top_k: None,
     };
+    let mut tracer = args.trace.tracer(&pipeline.model);
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -59,21 +64,37 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         cached_tokens.truncate(shared);
         let mut stream = TextStream::new(&pipeline.tokenizer);
         let mut out = std::io::stdout().lock();
-        let generation = generate(&pipeline.model, &mut cache, &prompt[shared..], &options, |t| pipeline.tokenizer.is_eog(t), |t| {
-            let _ = out.write_all(stream.push(t).as_bytes());
-            let _ = out.flush();
-        })?;
+        let observer: &mut dyn Observer = match tracer.as_mut() {
+            Some(t) => t,
+            None => &mut NoObserver,
+        };
+        let generation = generate_observed(
+            &pipeline.model,
+            &mut cache,
+            &prompt[shared..],
+            &options,
+            |t| pipeline.tokenizer.is_eog(t),
+            |t| {
+                let _ = out.write_all(stream.push(t).as_bytes());
+                let _ = out.flush();
+            },
+            observer,
+        )?;
         writeln!(out, "{}", stream.finish())?;
         let t = &generation.timings;
         eprintln!(
-            "[turn {}: {} new prompt tokens ({} reused) in {:.2} s, {} tokens at {:.1} tok/s]",
+            "[turn {}: {} new prompt tokens ({} reused) in {:.2} s, {} tokens in {:.2} s at {:.1} tok/s]",
             messages.len().div_ceil(2),
             prompt.len() - shared,
             shared,
             t.prefill_s,
             generation.tokens.len(),
+            t.decode_s,
             t.decode_tok_s
         );
+        if let Some(tracer) = tracer.as_mut() {
+            args.trace.print_steps(&pipeline.model, tracer.level(), &tracer.take_steps());
+        }
         cached_tokens.extend_from_slice(&prompt[shared..]);
         cached_tokens.extend_from_slice(&generation.tokens);
         let reply_ids = match generation.tokens.last() {

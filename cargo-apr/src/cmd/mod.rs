@@ -1,14 +1,19 @@
 //! One module per subcommand; each has an `Args` struct and a `run` that
 //! returns the exit code.
 
+mod bench;
 mod chat;
 mod check;
+mod compare_inference;
 mod convert;
 mod diff_tensors;
 mod inspect;
+mod profile;
 mod run;
 mod stream;
 mod threads;
+mod trace_args;
+mod trace_diff;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -27,18 +32,26 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Prefill and decode throughput, llama-bench style.
+    Bench(bench::Args),
     /// Interactive multi-turn chat (stdin may be a pipe; /exit or Ctrl-D ends it).
     Chat(chat::Args),
     /// Staged smoke test of a model, stopping at the first failing stage.
     Check(check::Args),
+    /// Generate with two models and compare their tokens and text (exit 5 on mismatch).
+    CompareInference(compare_inference::Args),
     /// Convert between GGUF, APR and SafeTensors, optionally changing dtype.
     Convert(convert::Args),
     /// Show a model file's format, architecture, dtypes and tokenizer.
     Inspect(inspect::Args),
     /// Compare two model files tensor by tensor (exit 5 on any mismatch).
     DiffTensors(diff_tensors::Args),
+    /// Per-token decode latency percentiles and throughput, with CI assertions.
+    Profile(profile::Args),
     /// Generate text from a prompt (chat template applied unless --raw).
     Run(run::Args),
+    /// Drive two models in lockstep and name the first divergent layer (exit 5 when diverged).
+    TraceDiff(trace_diff::Args),
     /// Check a model file's structure and values (exit 1 on any failure).
     Validate(validate::Args),
 }
@@ -46,12 +59,16 @@ enum Command {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Check(args) => check::run(args),
+        Command::CompareInference(args) => compare_inference::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::DiffTensors(args) => diff_tensors::run(args),
+        Command::Profile(args) => profile::run(args),
         Command::Run(args) => run::run(args),
+        Command::TraceDiff(args) => trace_diff::run(args),
         Command::Validate(args) => validate::run(args),
     }
 }

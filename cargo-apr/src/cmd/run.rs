@@ -4,11 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use apr_engine::generate::{generate, GenerateOptions, SamplingParams, Timings};
+use apr_engine::generate::{generate_observed, GenerateOptions, SamplingParams, Timings};
+use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::Pipeline;
 use serde::Serialize;
 
 use super::stream::TextStream;
+use super::trace_args::TraceArgs;
 use super::{human_bytes, threads};
 
 #[derive(clap::Args)]
@@ -45,6 +47,8 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 #[derive(Serialize)]
@@ -72,33 +76,52 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let prompt = pipeline.prompt_tokens(&args.prompt, args.system.as_deref(), args.raw)?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
-        sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
         logits_top_k: args.logits_top_k,
     };
     let context = (prompt.len() + args.max_tokens).min(pipeline.model.config.context_length.max(prompt.len() + 1));
     let mut cache = pipeline.model.new_cache(context);
     let mut stream = TextStream::new(&pipeline.tokenizer);
     let stdout = std::io::stdout();
-    let generation = generate(&pipeline.model, &mut cache, &prompt, &options, |t| pipeline.tokenizer.is_eog(t), |token| {
+    let mut tracer = args.trace.tracer(&pipeline.model);
+    let observer: &mut dyn Observer = match tracer.as_mut() {
+        Some(t) => t,
+        None => &mut NoObserver,
+    };
+    let on_token = |token| {
         if !args.json {
             let mut out = stdout.lock();
             let _ = out.write_all(stream.push(token).as_bytes());
             let _ = out.flush();
         }
-    })?;
+    };
+    let is_eog = |t| pipeline.tokenizer.is_eog(t);
+    let generation = generate_observed(&pipeline.model, &mut cache, &prompt, &options, is_eog, on_token, observer)?;
     let text = pipeline.tokenizer.decode(strip_eog(&pipeline, &generation.tokens));
     if args.json {
         let json = RunJson {
             prompt_tokens: prompt.clone(),
             tokens: generation.tokens.clone(),
             text,
-            timings: JsonTimings { load_s: pipeline.load_time.as_secs_f64(), run: generation.timings.clone(), total_s: started.elapsed().as_secs_f64() },
+            timings: JsonTimings {
+                load_s: pipeline.load_time.as_secs_f64(),
+                run: generation.timings.clone(),
+                total_s: started.elapsed().as_secs_f64(),
+            },
             logits: args.logits_top_k.map(|_| generation.top_logits.clone()),
         };
         println!("{}", serde_json::to_string(&json)?);
     } else {
         print!("{}", stream.finish());
         println!();
+    }
+    if let Some(tracer) = tracer {
+        args.trace.finish(&pipeline.model, tracer)?;
     }
     if args.verbose {
         print_facts(&pipeline, threads, &generation.timings, prompt.len(), generation.tokens.len(), started);

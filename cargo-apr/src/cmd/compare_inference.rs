@@ -1,0 +1,67 @@
+//! `cargo apr compare-inference A B --prompt P`: both generate freely; tokens
+//! and text are compared and a mismatch is diagnosed (exit 5).
+
+use std::path::PathBuf;
+
+use apr_engine::tracediff::compare_inference::compare_inference;
+use apr_engine::tracediff::{Side, TraceDiffOptions};
+
+use crate::exit;
+
+#[derive(clap::Args)]
+pub struct Args {
+    a: PathBuf,
+    b: PathBuf,
+    #[arg(long, short)]
+    prompt: String,
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let options = TraceDiffOptions {
+        system: args.system.clone(),
+        raw: args.raw,
+        max_tokens: args.max_tokens,
+        ..TraceDiffOptions::new(args.prompt.clone())
+    };
+    let a = Side::open(&args.a)?;
+    let b = match Side::open(&args.b) {
+        Ok(b) => b,
+        Err(e) => {
+            let diagnosis = format!("model B cannot be loaded: {e}: weight load failure");
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "schema": "apr.compare-inference.v1", "tokens_match": false, "diagnosis": diagnosis })
+                );
+            } else {
+                println!("diagnosis: {diagnosis}");
+            }
+            return Ok(exit::MISMATCH);
+        }
+    };
+    let c = compare_inference(&a, &b, &options)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        println!("A: {} ({} tokens)\n   {:?}", c.reference.path.display(), c.reference.tokens.len(), c.reference.text);
+        println!("B: {} ({} tokens)\n   {:?}", c.candidate.path.display(), c.candidate.tokens.len(), c.candidate.text);
+        println!(
+            "tokens {}, text {}",
+            if c.tokens_match { "match" } else { "differ" },
+            if c.text_match { "matches" } else { "differs" }
+        );
+        if let Some(at) = c.first_mismatch {
+            println!("first differing token: index {at}");
+        }
+        println!("diagnosis: {}", c.diagnosis);
+    }
+    Ok(if c.tokens_match { exit::PASS } else { exit::MISMATCH })
+}

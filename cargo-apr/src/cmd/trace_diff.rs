@@ -1,0 +1,117 @@
+//! `cargo apr trace-diff REF CAND --prompt P`: lockstep comparison of two
+//! models; names the first divergent position, layer and boundary.
+
+use std::path::PathBuf;
+
+use apr_engine::tracediff::{trace_diff_paths, BoundaryDiff, Tolerance, TraceDiffOptions, TraceDiffReport};
+
+use crate::exit;
+
+#[derive(clap::Args)]
+pub struct Args {
+    reference: PathBuf,
+    candidate: PathBuf,
+    #[arg(long, short)]
+    prompt: String,
+    #[arg(long)]
+    system: Option<String>,
+    /// Feed the prompt without the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 16)]
+    max_tokens: usize,
+    /// Compare the activations at every boundary of every position, not only the logits.
+    #[arg(long)]
+    trace_tensors: bool,
+    /// Comma-separated limits, e.g. `logits=1.0,nmse=1e-2,cosine=0.99`.
+    #[arg(long, value_parser = parse_tolerance, default_value = "logits=1.0,nmse=1e-2,cosine=0.99")]
+    tolerance: Tolerance,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn parse_tolerance(text: &str) -> Result<Tolerance, String> {
+    let mut tol = Tolerance::default();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (key, value) = part.split_once('=').ok_or_else(|| format!("'{part}': expected KEY=VALUE"))?;
+        let value: f64 = value.trim().parse().map_err(|_| format!("'{part}': {value} is not a number"))?;
+        match key.trim() {
+            "logits" | "max_abs" | "logits_max_abs" => tol.logits_max_abs = value,
+            "nmse" => tol.nmse = value,
+            "cosine" => tol.cosine = value,
+            other => return Err(format!("unknown tolerance '{other}' (logits, nmse, cosine)")),
+        }
+    }
+    Ok(tol)
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let options = TraceDiffOptions {
+        system: args.system.clone(),
+        raw: args.raw,
+        max_tokens: args.max_tokens,
+        trace_tensors: args.trace_tensors,
+        tolerance: args.tolerance,
+        ..TraceDiffOptions::new(args.prompt.clone())
+    };
+    let report = trace_diff_paths(&args.reference, &args.candidate, &options)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.verdict.passed() { exit::PASS } else { exit::MISMATCH })
+}
+
+/// The token table, the first divergence and the verdict with its evidence.
+pub fn render(r: &TraceDiffReport) -> String {
+    let mut out = format!("reference: {}\ncandidate: {}\n", r.reference.display(), r.candidate.display());
+    out += &format!("prompt: {} tokens\n", r.prompt_tokens.len());
+    out += &format!("{:>5}  {:<28} {:<28} {}\n", "pos", "reference", "candidate", "status");
+    for t in &r.tokens {
+        let cell = |id: u32, text: &str| format!("{id} {text:?}");
+        out += &format!(
+            "{:>5}  {:<28} {:<28} {}\n",
+            t.position,
+            cell(t.reference, &t.reference_text),
+            cell(t.candidate, &t.candidate_text),
+            if t.matches { "match" } else { "MISMATCH" }
+        );
+    }
+    out += &format!("max logit diff: {:.4e}\n", r.max_logit_diff);
+    if let Some(d) = &r.first_divergence {
+        out += &first_divergence(d);
+    }
+    out += &format!("result: {}\n", r.verdict);
+    for e in &r.evidence {
+        out += &format!("  evidence: {e}\n");
+    }
+    out
+}
+
+fn first_divergence(d: &BoundaryDiff) -> String {
+    let layer = d.layer.map_or("-".to_string(), |l| l.to_string());
+    let side = |name: &str, s: &apr_engine::stats::ValueStats| {
+        format!(
+            "  {name:<9} mean {:.4e} std {:.4e} min {:.4e} max {:.4e} l2 {:.4e} nan {} inf {}\n",
+            s.mean, s.std, s.min, s.max, s.l2, s.nan, s.inf
+        )
+    };
+    format!(
+        "first divergence: position {} layer {layer} boundary {:?}\n{}{}  max abs diff {:.4e}, NMSE {:.4e}, cosine {:.6}\n  would pass with: nmse <= {:.3e}, cosine >= {:.6}{}\n",
+        d.position,
+        d.boundary,
+        side("reference", &d.reference),
+        side("candidate", &d.candidate),
+        d.metrics.max_abs_diff,
+        d.metrics.nmse,
+        d.metrics.cosine,
+        d.smallest_passing.nmse,
+        d.smallest_passing.cosine,
+        if d.smallest_passing.logits_max_abs > 0.0 {
+            format!(", logits <= {:.3e}", d.smallest_passing.logits_max_abs)
+        } else {
+            String::new()
+        }
+    )
+}
