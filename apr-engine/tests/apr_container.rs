@@ -704,3 +704,29 @@ fn smollm2_llama_gguf_to_apr_reorders_q_and_k_rows() {
     let index = source.specs.iter().position(|s| s.name == "blk.0.attn_q.weight").unwrap();
     assert!(q.bytes != &*source.data(index).unwrap(), "llama Q rows are not in GGUF order in APR");
 }
+
+/// Through the engine's own GGUF reader and writer: llama GGUF -> APR -> GGUF
+/// gives back every tensor byte (Q/K rows reordered there and back) and the metadata.
+#[test]
+fn smollm2_gguf_to_apr_to_gguf_is_lossless() {
+    use apr_engine::container::FormatKind;
+    use apr_engine::convert::{convert, ConvertOptions, DTypeChoice};
+    let convert_to = |input: &ModelFile, output: &Path, to: FormatKind| {
+        let options = ConvertOptions { to, dtype: DTypeChoice::Keep, force: false };
+        convert(input, output, options, &mut |_| {}).unwrap();
+        ModelFile::open(output).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let original = ModelFile::open(apr_engine::testing::models::SMOLLM2.require()).unwrap();
+    let apr = convert_to(&original, &dir.path().join("m.apr"), FormatKind::Apr);
+    assert_eq!(apr.parsed.qk_row_order, QkRowOrder::HuggingFace);
+    assert!(apr.tensor("blk.3.attn_k.weight").unwrap().bytes != original.tensor("blk.3.attn_k.weight").unwrap().bytes);
+    let back = convert_to(&apr, &dir.path().join("back.gguf"), FormatKind::Gguf);
+    assert_eq!(back.metadata(), original.metadata(), "metadata identical after GGUF -> APR -> GGUF");
+    assert_eq!(back.tensors().len(), original.tensors().len());
+    for t in original.tensors() {
+        let b = back.tensor(&t.name).unwrap_or_else(|| panic!("{} missing", t.name));
+        assert_eq!((b.dtype(), b.shape()), (t.dtype, t.shape.as_slice()), "{}", t.name);
+        assert!(b.bytes == original.view(t).bytes, "{}: bytes differ after the round trip", t.name);
+    }
+}
