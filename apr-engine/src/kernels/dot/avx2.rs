@@ -223,17 +223,24 @@ pub unsafe fn q6_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
             // (0..64) and the -32 offset is applied through the block sums below.
             let quarters = [
                 _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, low2), 4)),
-                _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), low2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), low2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), low2), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, low4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), low2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), low2), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), low2), 4),
+                ),
             ];
             for (k, &w) in quarters.iter().enumerate() {
                 let group = 8 * half + 2 * k;
                 // 16-element groups: scale `group` for the low 128 bits, `group + 1` for the high.
-                let scale = _mm256_set_m128i(
-                    _mm_set1_epi16(scales[group + 1] as i16),
-                    _mm_set1_epi16(scales[group] as i16),
-                );
+                let scale =
+                    _mm256_set_m128i(_mm_set1_epi16(scales[group + 1] as i16), _mm_set1_epi16(scales[group] as i16));
                 let products = _mm256_maddubs_epi16(w, load_acts(&y.qs[128 * half + 32 * k..]));
                 isum = _mm256_add_epi32(isum, _mm256_madd_epi16(scale, products));
             }
