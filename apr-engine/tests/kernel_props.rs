@@ -239,7 +239,7 @@ fn float_case(dtype: DType) -> impl Strategy<Value = (Vec<u8>, Vec<f32>)> {
 macro_rules! per_dtype {
     ($($test:ident: $dtype:expr, $case:expr;)*) => {
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(200))]
+            #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
             $(
                 #[test]
                 fn $test((row, x) in $case) {
@@ -290,7 +290,7 @@ fn seed_bytes(seed: u64) -> [u8; 32] {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(40))]
+    #![proptest_config(ProptestConfig { cases: 40, failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn prefill_equals_per_token_matvec(
         which in 0..QUANT_LAYOUTS.len() + DEQUANT_LAYOUTS.len() + FLOAT_TYPES.len(),
@@ -376,7 +376,8 @@ fn real_model_tensors_meet_the_exact_dot_bound() {
             eprintln!("{} {} ({}): max |err| / Σ|w·x| = {worst:.2e}", model.file, view.name(), kernel.name);
         }
     }
-    for dtype in [DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::F32] {
+    // (Their F32 tensors are 1-D norms and biases; the F32 kernel is covered above.)
+    for dtype in [DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
         assert!(seen.iter().any(|&(_, d)| d == dtype), "no {dtype} matrix found in the reference models");
     }
 }

@@ -71,7 +71,7 @@ unsafe fn bits_to_bytes(bits: u32) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
+pub(crate) unsafe fn q4_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
     use layout::q4_0::*;
     let mut acc = _mm256_setzero_ps();
     for (b, y) in row.chunks_exact(BYTES).zip(acts) {
@@ -83,7 +83,7 @@ pub unsafe fn q4_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
+pub(crate) unsafe fn q4_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
     use layout::q4_1::*;
     let mut acc = _mm256_setzero_ps();
     let mut offsets = 0.0f32;
@@ -96,7 +96,7 @@ pub unsafe fn q4_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
+pub(crate) unsafe fn q5_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
     use layout::q5_0::*;
     let mut acc = _mm256_setzero_ps();
     for (b, y) in row.chunks_exact(BYTES).zip(acts) {
@@ -110,7 +110,7 @@ pub unsafe fn q5_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
+pub(crate) unsafe fn q5_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
     use layout::q5_1::*;
     let mut acc = _mm256_setzero_ps();
     let mut offsets = 0.0f32;
@@ -125,7 +125,7 @@ pub unsafe fn q5_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
+pub(crate) unsafe fn q8_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
     use layout::q8_0::*;
     let mut acc = _mm256_setzero_ps();
     for (b, y) in row.chunks_exact(BYTES).zip(acts) {
@@ -149,7 +149,7 @@ fn k_min_term(mins: &[u8; 8], y: &BlockQ8K) -> i32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q4_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
+pub(crate) unsafe fn q4_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
     use layout::q4_k::*;
     let low4 = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
@@ -181,7 +181,7 @@ unsafe fn fifth_bit(high_bits: __m256i, bit: usize) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q5_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
+pub(crate) unsafe fn q5_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
     use layout::q5_k::*;
     let low4 = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
@@ -206,7 +206,7 @@ pub unsafe fn q5_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q6_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
+pub(crate) unsafe fn q6_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
     use layout::q6_k::*;
     let low4 = _mm256_set1_epi8(0x0F);
     let low2 = _mm256_set1_epi8(0x03);
@@ -278,27 +278,27 @@ macro_rules! float_dot {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn f32_dot(a: &[f32], x: &[f32]) -> f32 {
+pub(crate) unsafe fn f32_dot(a: &[f32], x: &[f32]) -> f32 {
     let n = a.len().min(x.len());
     float_dot!(n, x, |i| _mm256_loadu_ps(a[i..i + 8].as_ptr()), |j: usize| a[j])
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn f32_row(row: &[u8], x: &[f32]) -> f32 {
+pub(crate) unsafe fn f32_row(row: &[u8], x: &[f32]) -> f32 {
     let n = (row.len() / 4).min(x.len());
     let at = |j: usize| f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]]);
     float_dot!(n, x, |i| _mm256_loadu_ps(row[4 * i..4 * i + 32].as_ptr() as *const f32), at)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn f16_row(row: &[u8], x: &[f32]) -> f32 {
+pub(crate) unsafe fn f16_row(row: &[u8], x: &[f32]) -> f32 {
     let n = (row.len() / 2).min(x.len());
     let at = |j: usize| half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32();
     float_dot!(n, x, |i| _mm256_cvtph_ps(_mm_loadu_si128(row[2 * i..2 * i + 16].as_ptr() as *const __m128i)), at)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn bf16_row(row: &[u8], x: &[f32]) -> f32 {
+pub(crate) unsafe fn bf16_row(row: &[u8], x: &[f32]) -> f32 {
     let n = (row.len() / 2).min(x.len());
     let at = |j: usize| half::bf16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32();
     float_dot!(n, x, |i| bf16_widen(row[2 * i..2 * i + 16].as_ptr()), at)

@@ -2,7 +2,7 @@
 //! CPU has them (detected at run time), the portable scalar versions otherwise.
 
 #[cfg(target_arch = "x86_64")]
-pub mod avx2;
+mod avx2;
 pub mod scalar;
 
 use super::q8_act::{BlockQ8, BlockQ8K};
