@@ -4,20 +4,17 @@
 use std::path::PathBuf;
 
 use apr_engine::tracediff::compare_inference::compare_inference;
-use apr_engine::tracediff::{Side, TraceDiffOptions};
+use apr_engine::tracediff::Side;
 
+use super::prompt_args::PromptArgs;
 use crate::exit;
 
 #[derive(clap::Args)]
 pub struct Args {
     a: PathBuf,
     b: PathBuf,
-    #[arg(long, short)]
-    prompt: String,
-    #[arg(long)]
-    system: Option<String>,
-    #[arg(long)]
-    raw: bool,
+    #[command(flatten)]
+    prompt: PromptArgs,
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
     #[arg(long)]
@@ -25,12 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let options = TraceDiffOptions {
-        system: args.system.clone(),
-        raw: args.raw,
-        max_tokens: args.max_tokens,
-        ..TraceDiffOptions::new(args.prompt.clone())
-    };
+    let options = args.prompt.options(args.max_tokens);
     let a = Side::open(&args.a)?;
     let b = match Side::open(&args.b) {
         Ok(b) => b,

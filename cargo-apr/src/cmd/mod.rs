@@ -9,6 +9,7 @@ mod convert;
 mod diff_tensors;
 mod inspect;
 mod profile;
+mod prompt_args;
 mod run;
 mod stream;
 mod threads;

@@ -5,19 +5,15 @@ use std::path::PathBuf;
 
 use apr_engine::tracediff::{trace_diff_paths, BoundaryDiff, Tolerance, TraceDiffOptions, TraceDiffReport};
 
+use super::prompt_args::PromptArgs;
 use crate::exit;
 
 #[derive(clap::Args)]
 pub struct Args {
     reference: PathBuf,
     candidate: PathBuf,
-    #[arg(long, short)]
-    prompt: String,
-    #[arg(long)]
-    system: Option<String>,
-    /// Feed the prompt without the chat template.
-    #[arg(long)]
-    raw: bool,
+    #[command(flatten)]
+    prompt: PromptArgs,
     #[arg(long, default_value_t = 16)]
     max_tokens: usize,
     /// Compare the activations at every boundary of every position, not only the logits.
@@ -47,12 +43,9 @@ pub fn parse_tolerance(text: &str) -> Result<Tolerance, String> {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let options = TraceDiffOptions {
-        system: args.system.clone(),
-        raw: args.raw,
-        max_tokens: args.max_tokens,
         trace_tensors: args.trace_tensors,
         tolerance: args.tolerance,
-        ..TraceDiffOptions::new(args.prompt.clone())
+        ..args.prompt.options(args.max_tokens)
     };
     let report = trace_diff_paths(&args.reference, &args.candidate, &options)?;
     if args.json {
