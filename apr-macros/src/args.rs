@@ -114,6 +114,14 @@ pub struct Spec {
     pub tensors: Vec<LitStr>,
     pub golden: Option<LitStr>,
     pub backends: Vec<Backend>,
+    /// Where each key's value is, for errors about combinations of keys.
+    pub value_spans: Vec<(String, Span)>,
+}
+
+impl Spec {
+    fn span_of(&self, key: &str, otherwise: Span) -> Span {
+        self.value_spans.iter().find(|(k, _)| k == key).map_or(otherwise, |(_, s)| *s)
+    }
 }
 
 /// Every error found, combined into one.
@@ -179,6 +187,7 @@ pub fn interpret(exprs: Punctuated<Expr, Token![,]>, func: &ItemFn) -> syn::Resu
         tensors: Vec::new(),
         golden: None,
         backends: Vec::new(),
+        value_spans: Vec::new(),
     };
     let mut seen: Vec<String> = Vec::new();
     for expr in iter {
@@ -207,6 +216,7 @@ pub fn interpret(exprs: Punctuated<Expr, Token![,]>, func: &ItemFn) -> syn::Resu
                 continue;
             }
         }
+        spec.value_spans.push((name.clone(), right.span()));
         read_key(&mut spec, &name, &right, &mut errors);
     }
     if let Some(kind) = kind {
@@ -266,33 +276,35 @@ fn check_required(spec: &Spec, kind: Kind, func: &ItemFn, errors: &mut Errors) {
     let at = func.sig.ident.span();
     let base_is_convert = matches!(spec.model, Some(ModelRef::Convert { .. }));
     if base_is_convert {
-        errors.push(at, "`model` names the model that conversions start from: a model name or path, not convert(...)");
+        errors.push(spec.span_of("model", at), "`model` names the model that conversions start from: a model name or path, not convert(...)");
     }
+    // A key given with a bad value was already reported; it is not also missing.
+    let given = |key: &str| spec.value_spans.iter().any(|(k, _)| k == key);
     let needs = |present: bool, key: &str, errors: &mut Errors| {
-        if !present {
+        if !present && !given(key) {
             errors.push(at, format!("missing `{key} = ...`"));
         }
     };
     match kind {
         Kind::FormatEquivalence | Kind::TraceDiff => {
-            needs(spec.reference.is_some() || spec.model.is_some(), "reference", errors);
+            needs(spec.reference.is_some() || spec.model.is_some() || given("model"), "reference", errors);
             needs(spec.candidate.is_some(), "candidate", errors);
             let reference_converts = matches!(spec.reference, Some(ModelRef::Convert { .. }));
             if reference_converts && spec.model.is_none() {
-                errors.push(at, "a converted reference needs `model = \"...\"`: the model that both sides convert from");
+                errors.push(spec.span_of("reference", at), "a converted reference needs `model = \"...\"`: the model that both sides convert from");
             }
             if kind == Kind::FormatEquivalence {
                 if let Some(Expect::Diverged(_)) = spec.expect {
-                    errors.push(at, "format_equivalence expects `identical` or `equivalent`; use trace_diff to expect a divergence");
+                    errors.push(spec.span_of("expect", at), "format_equivalence expects `identical` or `equivalent`; use trace_diff to expect a divergence");
                 }
             }
         }
         Kind::DtypeRoundtrip => {
-            needs(spec.reference.is_some() || spec.model.is_some(), "reference", errors);
+            needs(spec.reference.is_some() || spec.model.is_some() || given("model"), "reference", errors);
             needs(!spec.dtypes.is_empty(), "dtypes", errors);
             needs(!spec.containers.is_empty(), "containers", errors);
             if matches!(spec.reference, Some(ModelRef::Convert { .. })) {
-                errors.push(at, "the round trip starts from a model name or path, not convert(...)");
+                errors.push(spec.span_of("reference", at), "the round trip starts from a model name or path, not convert(...)");
             }
         }
     }
@@ -530,8 +542,13 @@ fn tolerance(expr: &Expr, errors: &mut Errors) -> Option<Tol> {
 
 fn logits_tolerance(expr: &Expr, args: &[&Expr], errors: &mut Errors) -> Option<Tol> {
     match args {
-        [Expr::Assign(ExprAssign { left, right, .. })] if path_ident(left).is_some_and(|k| k == "max_abs") => {
-            number(right, false, errors).map(Tol::LogitsMaxAbs)
+        [Expr::Assign(ExprAssign { left, right, .. })] => {
+            if path_ident(left).is_some_and(|k| k == "max_abs") {
+                number(right, false, errors).map(Tol::LogitsMaxAbs)
+            } else {
+                errors.push(left.span(), "logits(...) takes `max_abs = X`");
+                None
+            }
         }
         _ => {
             errors.push(expr.span(), "expected logits(max_abs = X)");

@@ -40,8 +40,11 @@ pub fn check_signature(func: &ItemFn) -> syn::Result<bool> {
 pub fn expand(spec: &Spec, func: &ItemFn, takes_report: bool) -> TokenStream {
     let name = &func.sig.ident;
     let mut user_fn = func.clone();
-    // `#[ignore]` belongs on the generated tests, not on the helper function.
-    let (ignores, kept): (Vec<_>, Vec<_>) = user_fn.attrs.drain(..).partition(|a| a.path().is_ident("ignore"));
+    // Test attributes belong on the generated tests, not on the helper function.
+    let (ignores, kept): (Vec<_>, Vec<_>) = user_fn
+        .attrs
+        .drain(..)
+        .partition(|a| a.path().is_ident("ignore") || a.path().is_ident("should_panic"));
     user_fn.attrs = kept;
     let call = if takes_report {
         quote!(|report: &::apr_engine::testing::Report| #name(report))

@@ -43,7 +43,7 @@ pub fn model_test(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(tokens) => tokens.into(),
         Err(e) => {
             let errors = e.to_compile_error();
-            quote!(#errors #[allow(dead_code)] #func).into()
+            quote!(#errors #[allow(dead_code, unused_variables)] #func).into()
         }
     }
 }
