@@ -128,8 +128,11 @@ fn first_difference(model: &Path, t: &TensorDigest, dtype: DType, bytes: &[u8]) 
         .status()
         .expect("python3 runs");
     assert!(status.success(), "dumping {} failed", t.name);
-    let theirs: Vec<f32> =
-        std::fs::read(dump.path()).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let theirs: Vec<f32> = std::fs::read(dump.path())
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     let ours = quant::dequantize_to_vec(dtype, bytes).unwrap();
     let index = ours.iter().zip(&theirs).position(|(a, b)| a.to_bits() != b.to_bits());
     match index {
@@ -142,7 +145,12 @@ fn first_difference(model: &Path, t: &TensorDigest, dtype: DType, bytes: &[u8]) 
             theirs[i],
             theirs[i].to_bits()
         ),
-        None => format!("{} ({dtype}): digest differs but values agree (ours {}, gguf-py {})", t.name, ours.len(), theirs.len()),
+        None => format!(
+            "{} ({dtype}): digest differs but values agree (ours {}, gguf-py {})",
+            t.name,
+            ours.len(),
+            theirs.len()
+        ),
     }
 }
 

@@ -5,7 +5,9 @@
 //! logits and llama.cpp's over llama.cpp's top-20 ids must stay within
 //! `TOP20_MAX_ABS` (llama.cpp's own logits move up to ~1.0 between batchings
 //! and KV cache types; see shared/reference/README.md), and the top-1 id must
-//! be equal. NMSE over the top-20 is reported beside it.
+//! be equal wherever llama.cpp's top-1 leads its top-2 by more than
+//! `NEAR_TIE` (else ours must be one of the near-tied leaders). NMSE over the
+//! top-20 is reported beside it.
 
 use apr_engine::generate::{argmax, generate, GenerateOptions, SamplingParams};
 use apr_engine::model::Logits;
@@ -14,6 +16,9 @@ use apr_engine::testing::models::{ReferenceModel, QWEN_0_5B, QWEN_1_5B};
 use serde_json::Value;
 
 const TOP20_MAX_ABS: f32 = 1.0;
+/// Below this margin between llama.cpp's first and second logit, the top-1 may
+/// legitimately flip (llama.cpp's flash-attention path flips 1 of 35 such rows).
+const NEAR_TIE: f32 = 0.5;
 
 fn load_json(model: &ReferenceModel, name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(model.reference_file(name)).unwrap()).unwrap()
@@ -48,11 +53,12 @@ fn logits_match_llama_cpp(model: ReferenceModel) {
     let case = &reference["results"][0];
     let (prompt, generated) = (ids(&case["prompt_ids"]), ids(&case["generated_ids"]));
     let vocab = pipeline.model.config.vocab;
-    // As llama.cpp ran it: the prompt in one batch, then one token per step.
+    // As llama.cpp ran it: the prompt in one batch, then one token per step,
+    // every generated token included (its row is the reference's last position).
     let mut cache = pipeline.model.new_cache(prompt.len() + generated.len());
     let mut rows: Vec<Vec<f32>> =
         pipeline.model.forward(&prompt, &mut cache, Logits::All).unwrap().chunks(vocab).map(<[f32]>::to_vec).collect();
-    for &token in &generated[..generated.len() - 1] {
+    for &token in &generated {
         rows.push(pipeline.model.forward(&[token], &mut cache, Logits::Last).unwrap());
     }
     let positions = case["positions"].as_array().unwrap();
@@ -73,7 +79,18 @@ fn logits_match_llama_cpp(model: ReferenceModel) {
             argmax(row),
             top20[0].0
         );
-        assert_eq!(argmax(row) as usize, top20[0].0, "top-1 at position {pos}");
+        let ours = argmax(row) as usize;
+        if top20[0].1 - top20[1].1 > NEAR_TIE {
+            assert_eq!(ours, top20[0].0, "top-1 at position {pos}");
+        } else {
+            // A near-tie: llama.cpp itself flips these between its own code paths.
+            let reference_logit_of_ours = top20.iter().find(|&&(id, _)| id == ours).map(|&(_, l)| l);
+            assert!(
+                reference_logit_of_ours.is_some_and(|l| top20[0].1 - l <= NEAR_TIE),
+                "top-1 at position {pos}: ours {ours} is not among llama.cpp's near-tied leaders {:?}",
+                &top20[..3]
+            );
+        }
         if max_abs > worst.0 {
             worst = (max_abs, pos);
         }

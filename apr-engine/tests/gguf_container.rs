@@ -110,7 +110,7 @@ impl Assembler {
         self.u32(type_id).u64(relative_offset)
     }
     fn pad_to(&mut self, alignment: u64) -> &mut Self {
-        while self.pos() % alignment != 0 {
+        while !self.pos().is_multiple_of(alignment) {
             self.u8(0);
         }
         self

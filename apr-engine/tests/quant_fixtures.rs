@@ -7,7 +7,6 @@ use apr_engine::quant;
 use std::path::PathBuf;
 
 struct Fixture {
-    dtype: DType,
     expected_by: String,
     blocks: Vec<u8>,
     expected: Vec<f32>,
@@ -20,7 +19,7 @@ fn fixture_dir() -> PathBuf {
 }
 
 fn unhex(text: &str) -> Vec<u8> {
-    assert!(text.len() % 2 == 0, "odd hex length {}", text.len());
+    assert!(text.len().is_multiple_of(2), "odd hex length {}", text.len());
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex digit")).collect()
 }
 
@@ -40,7 +39,6 @@ fn load(dtype: DType) -> Fixture {
         (f32s(&hex("quantize_input_f32_hex")), hex("quantize_expected_hex"), f32s(&hex("quantize_dequantized_f32_hex")))
     });
     Fixture {
-        dtype,
         expected_by: field("expected_by").unwrap_or_default(),
         blocks: hex("blocks_hex"),
         expected: f32s(&hex("expected_f32_hex")),
@@ -87,7 +85,8 @@ fn quantization_matches_gguf_py_bytes() {
     let quantized_by_gguf_py =
         [DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0];
     for dtype in quantized_by_gguf_py {
-        let (input, expected, expected_values) = load(dtype).quantize.unwrap_or_else(|| panic!("{dtype}: no quantize case"));
+        let (input, expected, expected_values) =
+            load(dtype).quantize.unwrap_or_else(|| panic!("{dtype}: no quantize case"));
         assert!(quant::can_quantize(dtype));
         let ours = quant::quantize(dtype, &input).unwrap();
         if let Some(i) = ours.iter().zip(&expected).position(|(a, b)| a != b) {

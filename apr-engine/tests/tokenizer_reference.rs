@@ -225,3 +225,46 @@ fn smollm2_round_trips_and_renders_its_template() {
     assert_eq!(ids.iter().filter(|&&id| id == 2).count(), 2, "two <|im_end|>");
     assert_eq!(tokenizer.decode(&ids), prompt);
 }
+
+/// 2300 strings tokenized by llama.cpp itself (`tests/fixtures/tokenizer_llamacpp_fuzz.json`):
+/// 1500 random mixes of ASCII, whitespace runs, contractions, CJK, Cyrillic,
+/// Greek, emoji, combining marks, Unicode digits and spaces, special-token
+/// texts and random code points from every plane (half with special parsing
+/// on), and 800 chunks of this repository's sources. Every id must be equal,
+/// and so must the end-of-generation and control sets.
+#[test]
+fn fuzz_strings_match_llama_cpp() {
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tokenizer_llamacpp_fuzz.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2300);
+    for (model, field) in [(QWEN_0_5B, "qwen"), (SMOLLM2, "smollm")] {
+        let Loaded { tokenizer, .. } = load(model);
+        let reference = &fixture[model.file.trim_end_matches(".gguf")];
+        assert_eq!(tokenizer.eog_ids(), ids(&reference["eog"]), "{field}: EOG set");
+        let control: Vec<u32> = (0..tokenizer.vocab_size() as u32)
+            .filter(|&id| tokenizer.token_attr(id).unwrap().has(TokenAttr::CONTROL))
+            .collect();
+        assert_eq!(control, ids(&reference["control"]), "{field}: control tokens");
+
+        let mismatches: Vec<String> = cases
+            .iter()
+            .filter_map(|case| {
+                let text = case["text"].as_str().unwrap();
+                let expected = ids(&case[field]);
+                let got = tokenizer.encode_with_special(text, case["parse_special"].as_bool().unwrap());
+                (got != expected).then(|| format!("{text:?}: ours {got:?}, llama.cpp {expected:?}"))
+            })
+            .collect();
+        assert!(
+            mismatches.is_empty(),
+            "{field}: {} of {} differ:\n{}",
+            mismatches.len(),
+            cases.len(),
+            mismatches.join("\n")
+        );
+    }
+}

@@ -27,7 +27,7 @@ pub fn write_atomically(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = temp_file_builder().tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     {
         let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         write(&mut out)?;
@@ -36,4 +36,16 @@ pub fn write_atomically(
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// Temporary files are private (0600) by default; the output should get the
+/// mode any new file gets (0666 less the umask, usually 0644), as `File::create` does.
+fn temp_file_builder() -> tempfile::Builder<'static, 'static> {
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder
 }

@@ -1,11 +1,19 @@
-//! CPU matrix kernels over weights in their file dtype (placeholder: a
-//! row-at-a-time dequantize-and-dot; the SIMD kernels replace it).
+//! CPU matrix kernels over weights in their file dtype. Weight blocks are read
+//! directly: activations are quantized once per matmul (Q8 blocks for the 32-wide
+//! types, Q8_K for the K-quants) and each row is an integer dot product; F32, F16
+//! and BF16 rows are float dots. Q2_K/Q3_K and other types dequantize a row at a time.
 
-use rayon::prelude::*;
+pub mod dot;
+pub mod layout;
+mod matmul;
+pub mod q8_act;
 
 use crate::dtype::DType;
 use crate::quant;
 
+pub use matmul::matmul;
+
+/// A row-major `[rows, cols]` weight borrowed in its file dtype.
 #[derive(Debug, Clone, Copy)]
 pub struct WeightMatrix<'a> {
     pub dtype: DType,
@@ -27,34 +35,30 @@ impl<'a> WeightMatrix<'a> {
         Ok(WeightMatrix { dtype, rows, cols, bytes })
     }
 
-    fn row_bytes(&self) -> usize {
-        self.bytes.len() / self.rows
+    /// Bytes of one row (whole blocks: `new` checked `cols` is a multiple of the block size).
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_elems() * self.dtype.block_bytes()
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let n = self.row_bytes();
+        &self.bytes[r * n..(r + 1) * n]
     }
 }
 
+/// Row `row` of `w` as f32 (the embedding lookup).
 pub fn row_f32(w: &WeightMatrix, row: usize, out: &mut [f32]) {
-    let rb = w.row_bytes();
-    quant::dequantize(w.dtype, &w.bytes[row * rb..(row + 1) * rb], out).expect("row size checked in WeightMatrix::new");
+    quant::dequantize(w.dtype, w.row(row), out).expect("row size checked in WeightMatrix::new");
 }
 
-pub fn matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
-    let mut transposed = vec![0.0f32; n_tokens * w.rows];
-    transposed.par_chunks_mut(n_tokens).enumerate().for_each_init(
-        || vec![0.0f32; w.cols],
-        |row_buf, (r, out_row)| {
-            row_f32(w, r, row_buf);
-            for (t, o) in out_row.iter_mut().enumerate() {
-                *o = row_buf.iter().zip(&x[t * w.cols..(t + 1) * w.cols]).map(|(a, b)| a * b).sum();
-            }
-        },
-    );
-    for t in 0..n_tokens {
-        for r in 0..w.rows {
-            out[t * w.rows + r] = transposed[r * n_tokens + t];
-        }
-    }
-}
-
+/// The kernel `matmul` uses for `dtype` on this CPU, e.g. "Q4_K×Q8_K avx2".
 pub fn kernel_name(dtype: DType) -> &'static str {
-    dtype.name()
+    match dot::best_kernel(dtype) {
+        Some(kernel) => kernel.name,
+        None => match dtype {
+            DType::Q2_K => "Q2_K dequant×F32",
+            DType::Q3_K => "Q3_K dequant×F32",
+            _ => "dequant×F32",
+        },
+    }
 }

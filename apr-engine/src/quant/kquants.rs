@@ -134,78 +134,103 @@ pub fn q6_k_quant(ql: &[u8], qh: &[u8], e: usize) -> u8 {
     low | (high << 4)
 }
 
+// The decoders below walk the packed arrays in storage order (rather than
+// calling the per-element helpers above) so that the inner loops run over
+// contiguous bytes and vectorize; the float operations are the same.
+
+/// Walks the 2-bit fields of Q2_K/Q3_K: calls `emit(sub, l, y, q)` for each
+/// element, where `sub` is its 16-element sub-block, `l` (0..32) the byte
+/// of its 32-byte group and `q` its 2-bit quant.
+#[inline(always)]
+fn for_each_2bit(qs: &[u8], out: &mut [f32], mut emit: impl FnMut(usize, usize, &mut f32, u8)) {
+    for half in 0..2 {
+        let q = &qs[32 * half..32 * half + 32];
+        for shift in 0..4 {
+            for part in 0..2 {
+                let sub = 8 * half + 2 * shift + part;
+                let ys = &mut out[16 * sub..16 * sub + 16];
+                for (i, y) in ys.iter_mut().enumerate() {
+                    let l = 16 * part + i;
+                    emit(sub, l, y, (q[l] >> (2 * shift)) & 3);
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn dequantize_q2_k(block: &[u8], out: &mut [f32]) {
     let d = read_f16(block, q2_k::D);
     let dmin = read_f16(block, q2_k::DMIN);
-    let qs = &block[q2_k::QS..q2_k::QS + 64];
-    for (sub, ys) in out.chunks_exact_mut(16).enumerate() {
-        let sc = block[q2_k::SCALES + sub];
-        let dl = d * f32::from(sc & 0x0f);
-        let ml = dmin * f32::from(sc >> 4);
-        for (l, y) in ys.iter_mut().enumerate() {
-            *y = dl * f32::from(q2_k_quant(qs, 16 * sub + l)) - ml;
-        }
-    }
+    let scales = &block[q2_k::SCALES..q2_k::SCALES + 16];
+    let dl: [f32; 16] = std::array::from_fn(|i| d * f32::from(scales[i] & 0x0f));
+    let ml: [f32; 16] = std::array::from_fn(|i| dmin * f32::from(scales[i] >> 4));
+    for_each_2bit(&block[q2_k::QS..q2_k::QS + 64], out, |sub, _, y, q| *y = dl[sub] * f32::from(q) - ml[sub]);
 }
 
 pub(crate) fn dequantize_q3_k(block: &[u8], out: &mut [f32]) {
     let d = read_f16(block, q3_k::D);
     let scales = q3_k_scales(&block[q3_k::SCALES..q3_k::SCALES + 12]);
+    let dl: [f32; 16] = std::array::from_fn(|i| d * f32::from(scales[i]));
     let hmask = &block[q3_k::HMASK..q3_k::HMASK + 32];
-    let qs = &block[q3_k::QS..q3_k::QS + 64];
-    for (sub, ys) in out.chunks_exact_mut(16).enumerate() {
-        let dl = d * f32::from(scales[sub]);
-        for (l, y) in ys.iter_mut().enumerate() {
-            let e = 16 * sub + l;
-            // A clear high bit means the quant is offset by -4.
-            let q = q2_k_quant(qs, e) as i8 - ((bit_plane(hmask, e) ^ 1) << 2) as i8;
-            *y = dl * f32::from(q);
+    for_each_2bit(&block[q3_k::QS..q3_k::QS + 64], out, |sub, l, y, q| {
+        // Sub-block `sub` covers elements 16*sub.., whose high bits are bit plane sub / 2.
+        let high = (hmask[l] >> (sub / 2)) & 1;
+        // A clear high bit means the quant is offset by -4.
+        *y = dl[sub] * f32::from(q as i8 - (((high ^ 1) << 2) as i8));
+    });
+}
+
+/// Decodes Q4_K/Q5_K: 4 chunks of 64 elements, the low then the high
+/// nibbles of 32 bytes, each half with its own scale and min;
+/// `high_bit(sub, l)` gives the fifth bit (always 0 for Q4_K).
+#[inline(always)]
+fn dequantize_k4(block: &[u8], qs_at: usize, out: &mut [f32], high_bit: impl Fn(usize, usize) -> u8) {
+    let d = read_f16(block, q4_k::D);
+    let dmin = read_f16(block, q4_k::DMIN);
+    let scales = &block[q4_k::SCALES..q4_k::SCALES + K_SCALE_SIZE];
+    for chunk in 0..4 {
+        let q = &block[qs_at + 32 * chunk..qs_at + 32 * chunk + 32];
+        for half in 0..2 {
+            let sub = 2 * chunk + half;
+            let (sc, m) = k4_scale_min(scales, sub);
+            let dl = d * f32::from(sc);
+            let ml = dmin * f32::from(m);
+            let ys = &mut out[32 * sub..32 * sub + 32];
+            for (l, y) in ys.iter_mut().enumerate() {
+                let quant = ((q[l] >> (4 * half)) & 0x0f) | (high_bit(sub, l) << 4);
+                *y = dl * f32::from(quant) - ml;
+            }
         }
     }
 }
 
 pub(crate) fn dequantize_q4_k(block: &[u8], out: &mut [f32]) {
-    let d = read_f16(block, q4_k::D);
-    let dmin = read_f16(block, q4_k::DMIN);
-    let scales = &block[q4_k::SCALES..q4_k::SCALES + K_SCALE_SIZE];
-    let qs = &block[q4_k::QS..q4_k::QS + 128];
-    for (sub, ys) in out.chunks_exact_mut(32).enumerate() {
-        let (sc, m) = k4_scale_min(scales, sub);
-        let dl = d * f32::from(sc);
-        let ml = dmin * f32::from(m);
-        for (l, y) in ys.iter_mut().enumerate() {
-            *y = dl * f32::from(q4_k_quant(qs, 32 * sub + l)) - ml;
-        }
-    }
+    dequantize_k4(block, q4_k::QS, out, |_, _| 0);
 }
 
 pub(crate) fn dequantize_q5_k(block: &[u8], out: &mut [f32]) {
-    let d = read_f16(block, q5_k::D);
-    let dmin = read_f16(block, q5_k::DMIN);
-    let scales = &block[q5_k::SCALES..q5_k::SCALES + K_SCALE_SIZE];
-    let qh = &block[q5_k::QH..q5_k::QH + 32];
-    let qs = &block[q5_k::QS..q5_k::QS + 128];
-    for (sub, ys) in out.chunks_exact_mut(32).enumerate() {
-        let (sc, m) = k4_scale_min(scales, sub);
-        let dl = d * f32::from(sc);
-        let ml = dmin * f32::from(m);
-        for (l, y) in ys.iter_mut().enumerate() {
-            let e = 32 * sub + l;
-            let q = q4_k_quant(qs, e) | (bit_plane(qh, e) << 4);
-            *y = dl * f32::from(q) - ml;
-        }
-    }
+    let qh: [u8; 32] = block[q5_k::QH..q5_k::QH + 32].try_into().expect("32 bytes");
+    dequantize_k4(block, q5_k::QS, out, |sub, l| (qh[l] >> sub) & 1);
 }
 
 pub(crate) fn dequantize_q6_k(block: &[u8], out: &mut [f32]) {
     let d = read_f16(block, q6_k::D);
-    let ql = &block[q6_k::QL..q6_k::QL + 128];
-    let qh = &block[q6_k::QH..q6_k::QH + 64];
-    for (sub, ys) in out.chunks_exact_mut(16).enumerate() {
-        let dl = d * f32::from(block[q6_k::SCALES + sub] as i8);
-        for (l, y) in ys.iter_mut().enumerate() {
-            let q = q6_k_quant(ql, qh, 16 * sub + l) as i8 - 32;
-            *y = dl * f32::from(q);
+    let dl: [f32; 16] = std::array::from_fn(|i| d * f32::from(block[q6_k::SCALES + i] as i8));
+    for half in 0..2 {
+        let ql = &block[q6_k::QL + 64 * half..q6_k::QL + 64 * half + 64];
+        let qh = &block[q6_k::QH + 32 * half..q6_k::QH + 32 * half + 32];
+        // Four 32-element rows: low nibbles of ql[0..32], of ql[32..64], then their high nibbles.
+        for row in 0..4 {
+            let (bytes, nibble) = (&ql[32 * (row % 2)..32 * (row % 2) + 32], 4 * (row / 2));
+            for part in 0..2 {
+                let sub = 8 * half + 2 * row + part;
+                let ys = &mut out[16 * sub..16 * sub + 16];
+                for (i, y) in ys.iter_mut().enumerate() {
+                    let l = 16 * part + i;
+                    let q = ((bytes[l] >> nibble) & 0x0f) | (((qh[l] >> (2 * row)) & 3) << 4);
+                    *y = dl[sub] * f32::from(q as i8 - 32);
+                }
+            }
         }
     }
 }

@@ -78,40 +78,45 @@ fn read_u32(block: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(block[at..at + 4].try_into().expect("4 bytes"))
 }
 
+/// Calls `emit(j, y, q)` for the 32 elements of a nibble block, where `q` is
+/// element j's nibble; the loop runs over the 16 bytes so it vectorizes.
+#[inline(always)]
+fn for_each_nibble(qs: &[u8], out: &mut [f32], mut emit: impl FnMut(usize, &mut f32, u8)) {
+    let (low, high) = out.split_at_mut(QK / 2);
+    for (j, ((&byte, lo), hi)) in qs[..QK / 2].iter().zip(low).zip(high).enumerate() {
+        emit(j, lo, byte & 0x0f);
+        emit(j + QK / 2, hi, byte >> 4);
+    }
+}
+
 pub(crate) fn dequantize_q4_0(block: &[u8], out: &mut [f32]) {
     let d = read_f16(block, q4_0::D);
-    let qs = &block[q4_0::QS..];
-    for (j, y) in out.iter_mut().enumerate() {
-        *y = d * (nibble(qs, j) as i32 - 8) as f32;
-    }
+    for_each_nibble(&block[q4_0::QS..], out, |_, y, q| *y = d * f32::from(q as i8 - 8));
 }
 
 pub(crate) fn dequantize_q4_1(block: &[u8], out: &mut [f32]) {
     let d = read_f16(block, q4_1::D);
     let m = read_f16(block, q4_1::M);
-    let qs = &block[q4_1::QS..];
-    for (j, y) in out.iter_mut().enumerate() {
-        *y = d * nibble(qs, j) as f32 + m;
-    }
+    for_each_nibble(&block[q4_1::QS..], out, |_, y, q| *y = d * f32::from(q) + m);
+}
+
+/// Bit 4 of each of the 32 quants, from the packed `qh` word (spelled out
+/// once per block so the per-element loop has no variable shifts).
+fn fifth_bits(qh: u32) -> [u8; QK] {
+    std::array::from_fn(|j| (((qh >> j) & 1) as u8) << 4)
 }
 
 pub(crate) fn dequantize_q5_0(block: &[u8], out: &mut [f32]) {
     let d = read_f16(block, q5_0::D);
-    let qh = read_u32(block, q5_0::QH);
-    let qs = &block[q5_0::QS..];
-    for (j, y) in out.iter_mut().enumerate() {
-        *y = d * (five_bit(qs, qh, j) as i32 - 16) as f32;
-    }
+    let high = fifth_bits(read_u32(block, q5_0::QH));
+    for_each_nibble(&block[q5_0::QS..], out, |j, y, q| *y = d * f32::from((q | high[j]) as i8 - 16));
 }
 
 pub(crate) fn dequantize_q5_1(block: &[u8], out: &mut [f32]) {
     let d = read_f16(block, q5_1::D);
     let m = read_f16(block, q5_1::M);
-    let qh = read_u32(block, q5_1::QH);
-    let qs = &block[q5_1::QS..];
-    for (j, y) in out.iter_mut().enumerate() {
-        *y = d * five_bit(qs, qh, j) as f32 + m;
-    }
+    let high = fifth_bits(read_u32(block, q5_1::QH));
+    for_each_nibble(&block[q5_1::QS..], out, |j, y, q| *y = d * f32::from(q | high[j]) + m);
 }
 
 pub(crate) fn dequantize_q8_0(block: &[u8], out: &mut [f32]) {

@@ -97,7 +97,7 @@ const PARALLEL_THRESHOLD: usize = 1 << 16;
 pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
     let decode = decoder(dtype).ok_or(QuantError::Unsupported { dtype, op: "dequantization" })?;
     let (block_bytes, block_elems) = (dtype.block_bytes(), dtype.block_elems());
-    if bytes.len() % block_bytes != 0 {
+    if !bytes.len().is_multiple_of(block_bytes) {
         return Err(QuantError::PartialBlock { dtype, bytes: bytes.len(), block_bytes });
     }
     let elements = bytes.len() / block_bytes * block_elems;
@@ -126,7 +126,7 @@ pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<(), Qua
 /// Dequantizes whole blocks into a new vector.
 pub fn dequantize_to_vec(dtype: DType, bytes: &[u8]) -> Result<Vec<f32>, QuantError> {
     let block_bytes = dtype.block_bytes();
-    if decoder(dtype).is_some() && bytes.len() % block_bytes != 0 {
+    if decoder(dtype).is_some() && !bytes.len().is_multiple_of(block_bytes) {
         return Err(QuantError::PartialBlock { dtype, bytes: bytes.len(), block_bytes });
     }
     let mut out = vec![0.0; bytes.len() / block_bytes * dtype.block_elems()];
@@ -149,7 +149,7 @@ pub fn quantize(dtype: DType, values: &[f32]) -> Result<Vec<u8>, QuantError> {
     }
     let encode = encoder(dtype).ok_or(QuantError::Unsupported { dtype, op: "quantization" })?;
     let (block_bytes, block_elems) = (dtype.block_bytes(), dtype.block_elems());
-    if values.len() % block_elems != 0 {
+    if !values.len().is_multiple_of(block_elems) {
         return Err(QuantError::PartialValues { dtype, values: values.len(), block_elems });
     }
     let mut out = vec![0u8; values.len() / block_elems * block_bytes];

@@ -244,3 +244,79 @@ fn nearest_int_rounds_ties_to_even() {
     use quantize::nearest_int;
     assert_eq!([0.5, 1.5, 2.5, -0.5, -1.5, 3.49, -3.51].map(nearest_int), [0, 2, 2, 0, -2, 3, -4]);
 }
+
+/// Random block bytes with a finite f16 at each of `scale_offsets`.
+fn random_block(rng: &mut rand::rngs::StdRng, dtype: DType, scale_offsets: &[usize]) -> Vec<u8> {
+    let mut block: Vec<u8> = (0..dtype.block_bytes()).map(|_| rng.random()).collect();
+    for &at in scale_offsets {
+        let scale = f32_to_f16(rng.random_range(-0.05f32..0.05));
+        block[at..at + 2].copy_from_slice(&scale.to_le_bytes());
+    }
+    block
+}
+
+#[test]
+fn per_element_layout_helpers_agree_with_the_decoders() {
+    use kquants::{bit_plane, q2_k, q2_k_quant, q3_k, q4_k, q4_k_quant, q5_k, q6_k, q6_k_quant};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for _ in 0..20 {
+        let b = random_block(&mut rng, DType::Q2_K, &[q2_k::D, q2_k::DMIN]);
+        let (d, dmin) = (float::read_f16(&b, q2_k::D), float::read_f16(&b, q2_k::DMIN));
+        let ours = dequantize_to_vec(DType::Q2_K, &b).unwrap();
+        for (e, &v) in ours.iter().enumerate() {
+            let sc = b[q2_k::SCALES + e / 16];
+            let q = f32::from(q2_k_quant(&b[q2_k::QS..], e));
+            assert_eq!(v, d * f32::from(sc & 15) * q - dmin * f32::from(sc >> 4), "Q2_K element {e}");
+        }
+
+        let b = random_block(&mut rng, DType::Q3_K, &[q3_k::D]);
+        let d = float::read_f16(&b, q3_k::D);
+        let scales = q3_k_scales(&b[q3_k::SCALES..]);
+        let ours = dequantize_to_vec(DType::Q3_K, &b).unwrap();
+        for (e, &v) in ours.iter().enumerate() {
+            let q = q2_k_quant(&b[q3_k::QS..], e) as i8 - if bit_plane(&b[q3_k::HMASK..], e) == 1 { 0 } else { 4 };
+            assert_eq!(v, d * f32::from(scales[e / 16]) * f32::from(q), "Q3_K element {e}");
+        }
+
+        for (dtype, qs_at) in [(DType::Q4_K, q4_k::QS), (DType::Q5_K, q5_k::QS)] {
+            let b = random_block(&mut rng, dtype, &[q4_k::D, q4_k::DMIN]);
+            let (d, dmin) = (float::read_f16(&b, q4_k::D), float::read_f16(&b, q4_k::DMIN));
+            let ours = dequantize_to_vec(dtype, &b).unwrap();
+            for (e, &v) in ours.iter().enumerate() {
+                let (sc, m) = k4_scale_min(&b[q4_k::SCALES..], e / 32);
+                let high = if dtype == DType::Q5_K { bit_plane(&b[q5_k::QH..], e) << 4 } else { 0 };
+                let q = f32::from(q4_k_quant(&b[qs_at..], e) | high);
+                assert_eq!(v, d * f32::from(sc) * q - dmin * f32::from(m), "{dtype} element {e}");
+            }
+        }
+
+        let b = random_block(&mut rng, DType::Q6_K, &[q6_k::D]);
+        let d = float::read_f16(&b, q6_k::D);
+        let ours = dequantize_to_vec(DType::Q6_K, &b).unwrap();
+        for (e, &v) in ours.iter().enumerate() {
+            let q = q6_k_quant(&b[q6_k::QL..], &b[q6_k::QH..], e) as i8 - 32;
+            assert_eq!(v, d * f32::from(b[q6_k::SCALES + e / 16] as i8) * f32::from(q), "Q6_K element {e}");
+        }
+
+        for dtype in [DType::Q5_0, DType::Q5_1] {
+            let b = random_block(&mut rng, dtype, &[0, 2]);
+            let (qh_at, qs_at) = if dtype == DType::Q5_0 {
+                (legacy::q5_0::QH, legacy::q5_0::QS)
+            } else {
+                (legacy::q5_1::QH, legacy::q5_1::QS)
+            };
+            let qh = u32::from_le_bytes(b[qh_at..qh_at + 4].try_into().unwrap());
+            let d = float::read_f16(&b, 0);
+            let ours = dequantize_to_vec(dtype, &b).unwrap();
+            for (j, &v) in ours.iter().enumerate() {
+                let q = legacy::five_bit(&b[qs_at..], qh, j);
+                let expected = if dtype == DType::Q5_0 {
+                    d * f32::from(q as i8 - 16)
+                } else {
+                    d * f32::from(q) + float::read_f16(&b, legacy::q5_1::M)
+                };
+                assert_eq!(v.to_bits(), expected.to_bits(), "{dtype} element {j}");
+            }
+        }
+    }
+}

@@ -64,4 +64,31 @@ mod tests {
         assert!(alignment_of(&MetaValue::U32(48)).is_err());
         assert!(alignment_of(&MetaValue::U64(32)).unwrap_err().contains("U64"));
     }
+
+    /// The reader bounds counts by the smallest encoding of each type; were it
+    /// larger than the writer's, valid files with many small values would be refused.
+    #[test]
+    fn smallest_encodings_agree_between_reader_and_writer() {
+        use crate::container::MetaType;
+        let smallest = [
+            MetaValue::U8(0),
+            MetaValue::I8(0),
+            MetaValue::U16(0),
+            MetaValue::I16(0),
+            MetaValue::U32(0),
+            MetaValue::I32(0),
+            MetaValue::F32(0.0),
+            MetaValue::Bool(false),
+            MetaValue::String(String::new()),
+            MetaValue::Array { elem_type: MetaType::U8, values: vec![] },
+            MetaValue::U64(0),
+            MetaValue::I64(0),
+            MetaValue::F64(0.0),
+        ];
+        for value in smallest {
+            let mut buf = Vec::new();
+            writer::put_value(&mut buf, &value, 0).unwrap();
+            assert_eq!(buf.len() as u64, reader::encoded_size_at_least(value.meta_type()), "{value:?}");
+        }
+    }
 }

@@ -199,7 +199,7 @@ fn read_array(cur: &mut Cursor, field: &str, depth: usize) -> Result<MetaValue, 
 }
 
 /// The fewest bytes one value of `t` takes in the file.
-fn encoded_size_at_least(t: MetaType) -> u64 {
+pub(super) fn encoded_size_at_least(t: MetaType) -> u64 {
     match t {
         MetaType::U8 | MetaType::I8 | MetaType::Bool => 1,
         MetaType::U16 | MetaType::I16 => 2,
@@ -266,7 +266,7 @@ fn check_unique_names(infos: &[RawTensorInfo]) -> Result<(), ParseError> {
 /// Places a tensor's data in the file: aligned, and wholly inside it.
 fn locate(raw: RawTensorInfo, data_offset: u64, alignment: u64, file_len: u64) -> Result<TensorInfo, ParseError> {
     let field = format!("tensor '{}' offset", raw.stored_name);
-    if raw.relative_offset % alignment != 0 {
+    if !raw.relative_offset.is_multiple_of(alignment) {
         return Err(ParseError::new(
             field,
             raw.offset_at,

@@ -110,7 +110,7 @@ fn put_string(buf: &mut Vec<u8>, s: &str) {
 }
 
 /// A value without its type id (which the key-value pair or the array carries).
-fn put_value(buf: &mut Vec<u8>, value: &MetaValue, depth: usize) -> std::result::Result<(), String> {
+pub(super) fn put_value(buf: &mut Vec<u8>, value: &MetaValue, depth: usize) -> std::result::Result<(), String> {
     match value {
         MetaValue::U8(v) => buf.push(*v),
         MetaValue::I8(v) => buf.extend_from_slice(&v.to_le_bytes()),
@@ -185,7 +185,7 @@ fn qk_geometry(metadata: &Metadata, placement: &Placement) -> Result<(usize, usi
     }
     let heads = qk_order::heads_of(metadata, &placement.name);
     let rows = placement.shape.first().copied().unwrap_or(0);
-    if heads == 0 || rows == 0 || rows % (2 * heads as u64) != 0 {
+    if heads == 0 || rows == 0 || !rows.is_multiple_of(2 * heads as u64) {
         return Err(invalid(format!("{rows} rows do not split into {heads} heads of an even number of rows")));
     }
     Ok(((placement.size / rows) as usize, heads))

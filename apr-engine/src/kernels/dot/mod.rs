@@ -1,0 +1,106 @@
+//! Row dot products, chosen per weight dtype and CPU: AVX2/FMA/F16C when the
+//! CPU has them (detected at run time), the portable scalar versions otherwise.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod scalar;
+
+use super::q8_act::{BlockQ8, BlockQ8K};
+use crate::dtype::DType;
+
+/// A dot of one weight row (its raw bytes) with one token's activations, in
+/// the activation format the kernel consumes.
+#[derive(Clone, Copy)]
+pub enum RowDot {
+    /// 32-wide weight blocks against [`BlockQ8`] activations.
+    Q8(fn(&[u8], &[BlockQ8]) -> f32),
+    /// K-quant super-blocks against [`BlockQ8K`] activations.
+    Q8K(fn(&[u8], &[BlockQ8K]) -> f32),
+    /// Float weights (F32/F16/BF16 bytes) against f32 activations.
+    Float(fn(&[u8], &[f32]) -> f32),
+}
+
+/// A selected kernel and its `--trace` name.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub dot: RowDot,
+}
+
+/// The portable kernel for `dtype`, if it has a direct one (others dequantize rows).
+pub fn scalar_kernel(dtype: DType) -> Option<Kernel> {
+    use RowDot::*;
+    let (name, dot) = match dtype {
+        DType::Q4_0 => ("Q4_0×Q8_0 scalar", Q8(scalar::q4_0)),
+        DType::Q4_1 => ("Q4_1×Q8_1 scalar", Q8(scalar::q4_1)),
+        DType::Q5_0 => ("Q5_0×Q8_0 scalar", Q8(scalar::q5_0)),
+        DType::Q5_1 => ("Q5_1×Q8_1 scalar", Q8(scalar::q5_1)),
+        DType::Q8_0 => ("Q8_0×Q8_0 scalar", Q8(scalar::q8_0)),
+        DType::Q4_K => ("Q4_K×Q8_K scalar", Q8K(scalar::q4_k)),
+        DType::Q5_K => ("Q5_K×Q8_K scalar", Q8K(scalar::q5_k)),
+        DType::Q6_K => ("Q6_K×Q8_K scalar", Q8K(scalar::q6_k)),
+        DType::F32 => ("F32×F32 scalar", Float(scalar::f32_row)),
+        DType::F16 => ("F16×F32 scalar", Float(scalar::f16_row)),
+        DType::BF16 => ("BF16×F32 scalar", Float(scalar::bf16_row)),
+        _ => return None,
+    };
+    Some(Kernel { name, dot })
+}
+
+/// True when this CPU runs the AVX2 kernels.
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The AVX2 kernel for `dtype`, if the CPU has AVX2/FMA/F16C and the dtype has one.
+#[cfg(target_arch = "x86_64")]
+pub fn avx2_kernel(dtype: DType) -> Option<Kernel> {
+    use RowDot::*;
+    if !has_avx2() {
+        return None;
+    }
+    // SAFETY (every closure below): the CPU features these functions need were detected above.
+    let (name, dot) = match dtype {
+        DType::Q4_0 => ("Q4_0×Q8_0 avx2", Q8(|w, x| unsafe { avx2::q4_0(w, x) })),
+        DType::Q4_1 => ("Q4_1×Q8_1 avx2", Q8(|w, x| unsafe { avx2::q4_1(w, x) })),
+        DType::Q5_0 => ("Q5_0×Q8_0 avx2", Q8(|w, x| unsafe { avx2::q5_0(w, x) })),
+        DType::Q5_1 => ("Q5_1×Q8_1 avx2", Q8(|w, x| unsafe { avx2::q5_1(w, x) })),
+        DType::Q8_0 => ("Q8_0×Q8_0 avx2", Q8(|w, x| unsafe { avx2::q8_0(w, x) })),
+        DType::Q4_K => ("Q4_K×Q8_K avx2", Q8K(|w, x| unsafe { avx2::q4_k(w, x) })),
+        DType::Q5_K => ("Q5_K×Q8_K avx2", Q8K(|w, x| unsafe { avx2::q5_k(w, x) })),
+        DType::Q6_K => ("Q6_K×Q8_K avx2", Q8K(|w, x| unsafe { avx2::q6_k(w, x) })),
+        DType::F32 => ("F32×F32 avx2", Float(|w, x| unsafe { avx2::f32_row(w, x) })),
+        DType::F16 => ("F16×F32 avx2", Float(|w, x| unsafe { avx2::f16_row(w, x) })),
+        DType::BF16 => ("BF16×F32 avx2", Float(|w, x| unsafe { avx2::bf16_row(w, x) })),
+        _ => return None,
+    };
+    Some(Kernel { name, dot })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn avx2_kernel(_dtype: DType) -> Option<Kernel> {
+    None
+}
+
+/// The fastest kernel this CPU has for `dtype`; `None` for dtypes that take the
+/// dequantize-a-row path (Q2_K, Q3_K and the non-weight types).
+pub fn best_kernel(dtype: DType) -> Option<Kernel> {
+    avx2_kernel(dtype).or_else(|| scalar_kernel(dtype))
+}
+
+/// Dot of two f32 slices with the fastest available code.
+pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features detected just above.
+        return unsafe { avx2::f32_dot(a, b) };
+    }
+    scalar::f32_dot(a, b)
+}

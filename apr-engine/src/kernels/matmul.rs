@@ -1,0 +1,136 @@
+//! The matrix product driver: quantize activations once, then split the weight
+//! rows into chunks across rayon's threads. Each chunk loops over every token
+//! while its rows are still in cache, so prefill reads each weight once.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::dot::{self, RowDot};
+use super::layout::{QK, QK_K};
+use super::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
+use super::WeightMatrix;
+use crate::quant;
+
+/// Weight bytes a chunk should keep hot while all tokens pass over it (well inside L2).
+const CHUNK_BYTES: usize = 128 * 1024;
+/// Chunks per thread, so uneven progress (other work, SMT) still balances.
+const CHUNKS_PER_THREAD: usize = 8;
+
+/// `out[t * rows + r] = W[r] · x[t * cols..]` for `n_tokens` tokens.
+pub fn matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), n_tokens * w.cols, "matmul: x has {} values, want {n_tokens} × {}", x.len(), w.cols);
+    assert_eq!(out.len(), n_tokens * w.rows, "matmul: out has {} values, want {n_tokens} × {}", out.len(), w.rows);
+    if w.rows == 0 || n_tokens == 0 {
+        return;
+    }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    match dot::best_kernel(w.dtype).map(|k| k.dot) {
+        Some(RowDot::Q8(f)) => with_scratch(&Q8_SCRATCH, n_tokens * w.cols / QK, |acts| {
+            quantize_tokens(x, acts, quantize_q8);
+            run_chunks(w, acts, n_tokens, out, f);
+        }),
+        Some(RowDot::Q8K(f)) => with_scratch(&Q8K_SCRATCH, n_tokens * w.cols / QK_K, |acts| {
+            quantize_tokens(x, acts, quantize_q8k);
+            run_chunks(w, acts, n_tokens, out, f);
+        }),
+        Some(RowDot::Float(f)) => run_chunks(w, x, n_tokens, out, f),
+        None => dequantizing_matmul(w, x, out),
+    }
+}
+
+thread_local! {
+    static Q8_SCRATCH: RefCell<Vec<BlockQ8>> = const { RefCell::new(Vec::new()) };
+    static Q8K_SCRATCH: RefCell<Vec<BlockQ8K>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` reusable blocks of this thread's scratch (a fresh buffer
+/// if the scratch is already borrowed by an enclosing matmul on this thread).
+fn with_scratch<B: Default + Clone>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<B>>>,
+    len: usize,
+    f: impl FnOnce(&mut [B]),
+) {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.resize(len, B::default());
+            f(&mut buf[..len]);
+        }
+        Err(_) => f(&mut vec![B::default(); len]),
+    })
+}
+
+fn quantize_tokens<B: Send>(x: &[f32], acts: &mut [B], quantize: fn(&[f32], &mut [B])) {
+    // Activations are a tiny fraction of the work; split only when there are many tokens.
+    const PAR_MIN_VALUES: usize = 1 << 16;
+    if x.len() < PAR_MIN_VALUES {
+        quantize(x, acts);
+    } else {
+        let values_per_block = x.len() / acts.len();
+        let blocks_per_task = (PAR_MIN_VALUES / 4 / values_per_block).max(1);
+        acts.par_chunks_mut(blocks_per_task)
+            .zip(x.par_chunks(blocks_per_task * values_per_block))
+            .for_each(|(a, v)| quantize(v, a));
+    }
+}
+
+/// Rows per chunk: few enough to stay in cache across tokens and to give every
+/// thread several chunks, at least one.
+fn rows_per_chunk(w: &WeightMatrix) -> usize {
+    let by_cache = CHUNK_BYTES / w.row_bytes().max(1);
+    let by_balance = w.rows.div_ceil(rayon::current_num_threads() * CHUNKS_PER_THREAD);
+    by_cache.min(by_balance).max(1)
+}
+
+/// The output, shared by chunks that each write a disjoint set of rows.
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: chunks write disjoint indices (row sets don't overlap), and the
+// borrow of `out` outlives the parallel loop.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn write(&self, index: usize, value: f32) {
+        assert!(index < self.len);
+        // SAFETY: in bounds (checked) and no other chunk writes this index.
+        unsafe { *self.ptr.add(index) = value }
+    }
+}
+
+fn run_chunks<A: Sync>(w: &WeightMatrix, acts: &[A], n_tokens: usize, out: &mut [f32], dot: fn(&[u8], &[A]) -> f32) {
+    let per_token = acts.len() / n_tokens;
+    let chunk = rows_per_chunk(w);
+    let shared = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
+    (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let rows = c * chunk..((c + 1) * chunk).min(w.rows);
+        for (t, token) in acts.chunks_exact(per_token).enumerate() {
+            for r in rows.clone() {
+                shared.write(t * w.rows + r, dot(w.row(r), token));
+            }
+        }
+    });
+}
+
+/// The slower path for dtypes without a direct kernel: dequantize each row once
+/// into a per-thread buffer, then dot it with every token.
+fn dequantizing_matmul(w: &WeightMatrix, x: &[f32], out: &mut [f32]) {
+    let chunk = rows_per_chunk(w);
+    let shared = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
+    (0..w.rows.div_ceil(chunk)).into_par_iter().for_each_init(
+        || vec![0.0f32; w.cols],
+        |row_buf, c| {
+            for r in c * chunk..((c + 1) * chunk).min(w.rows) {
+                quant::dequantize(w.dtype, w.row(r), row_buf).expect("row size checked in WeightMatrix::new");
+                for (t, token) in x.chunks_exact(w.cols).enumerate() {
+                    shared.write(t * w.rows + r, dot::f32_dot(row_buf, token));
+                }
+            }
+        },
+    );
+}
