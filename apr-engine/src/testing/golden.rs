@@ -118,7 +118,7 @@ fn snapshot(spec: &TestSpec, candidate: &Side, reference: &Side, prompts: &[&str
     Ok(Golden {
         schema: SCHEMA.into(),
         test: format!("{}::{}", spec.module, spec.function),
-        model: candidate.model.file.path.display().to_string(),
+        model: spec.candidate.as_ref().map(super::runner::model_label).unwrap_or_default(),
         max_tokens,
         prompts: out,
     })

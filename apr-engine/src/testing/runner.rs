@@ -23,6 +23,7 @@ pub fn run(spec: &TestSpec, body: impl FnOnce(&Report)) {
     let mut report = skeleton(spec);
     let report_dir = cache::report_dir(Path::new(spec.manifest_dir));
     if let Some(reason) = backend_unavailable(spec.backend) {
+        report.formats = declared_formats(spec);
         report.status = Status::Skip;
         report.reason = Some(reason.clone());
         write(&report, &report_dir);
@@ -101,7 +102,8 @@ fn execute(spec: &TestSpec, report: &mut Report) -> Result<()> {
     let base = resolver.resolve(base, None)?;
     match spec.kind {
         Kind::DtypeRoundtrip => {
-            report.formats = format!("{} -> {}", format_name(&base), report.candidate);
+            let containers: Vec<&str> = spec.containers.iter().map(|c| c.extension()).collect();
+            report.formats = format!("{} -> {}", format_name(&base), containers.join(","));
             roundtrip::run(spec, report, &base, &resolver.cache_dir)
         }
         Kind::FormatEquivalence | Kind::TraceDiff => {
@@ -114,6 +116,24 @@ fn execute(spec: &TestSpec, report: &mut Report) -> Result<()> {
             report.formats = format!("{} -> {}", format_name(&reference), format_name(&candidate));
             compare::run(spec, report, &reference, &candidate, Path::new(spec.manifest_dir))
         }
+    }
+}
+
+/// The format pair as far as it is known without converting anything (for skipped tests).
+fn declared_formats(spec: &TestSpec) -> String {
+    let resolver = Resolver::new(spec).ok();
+    let name = |r: Option<&ModelRef>| match r {
+        Some(ModelRef::Convert(c)) => c.to.extension(),
+        Some(ModelRef::Named(n)) => resolver.as_ref().and_then(|res| res.named(n).ok()).map_or("?", |p| format_name(&p)),
+        None => "?",
+    };
+    let reference = name(spec.reference.as_ref().or(spec.model.as_ref()));
+    match spec.kind {
+        Kind::DtypeRoundtrip => {
+            let containers: Vec<&str> = spec.containers.iter().map(|c| c.extension()).collect();
+            format!("{reference} -> {}", containers.join(","))
+        }
+        _ => format!("{reference} -> {}", name(spec.candidate.as_ref())),
     }
 }
 
@@ -173,7 +193,7 @@ impl Resolver {
         }
     }
 
-    fn named(&self, name: &str) -> Result<PathBuf> {
+    pub fn named(&self, name: &str) -> Result<PathBuf> {
         if let Some(model) = self.models.iter().find(|m| m.name == name) {
             if !model.local_path.is_file() {
                 return Err(Error::Invalid(format!(
