@@ -276,7 +276,10 @@ fn check_required(spec: &Spec, kind: Kind, func: &ItemFn, errors: &mut Errors) {
     let at = func.sig.ident.span();
     let base_is_convert = matches!(spec.model, Some(ModelRef::Convert { .. }));
     if base_is_convert {
-        errors.push(spec.span_of("model", at), "`model` names the model that conversions start from: a model name or path, not convert(...)");
+        errors.push(
+            spec.span_of("model", at),
+            "`model` names the model that conversions start from: a model name or path, not convert(...)",
+        );
     }
     // A key given with a bad value was already reported; it is not also missing.
     let given = |key: &str| spec.value_spans.iter().any(|(k, _)| k == key);
@@ -291,11 +294,17 @@ fn check_required(spec: &Spec, kind: Kind, func: &ItemFn, errors: &mut Errors) {
             needs(spec.candidate.is_some(), "candidate", errors);
             let reference_converts = matches!(spec.reference, Some(ModelRef::Convert { .. }));
             if reference_converts && spec.model.is_none() {
-                errors.push(spec.span_of("reference", at), "a converted reference needs `model = \"...\"`: the model that both sides convert from");
+                errors.push(
+                    spec.span_of("reference", at),
+                    "a converted reference needs `model = \"...\"`: the model that both sides convert from",
+                );
             }
             if kind == Kind::FormatEquivalence {
                 if let Some(Expect::Diverged(_)) = spec.expect {
-                    errors.push(spec.span_of("expect", at), "format_equivalence expects `identical` or `equivalent`; use trace_diff to expect a divergence");
+                    errors.push(
+                        spec.span_of("expect", at),
+                        "format_equivalence expects `identical` or `equivalent`; use trace_diff to expect a divergence",
+                    );
                 }
             }
         }
@@ -304,7 +313,10 @@ fn check_required(spec: &Spec, kind: Kind, func: &ItemFn, errors: &mut Errors) {
             needs(!spec.dtypes.is_empty(), "dtypes", errors);
             needs(!spec.containers.is_empty(), "containers", errors);
             if matches!(spec.reference, Some(ModelRef::Convert { .. })) {
-                errors.push(spec.span_of("reference", at), "the round trip starts from a model name or path, not convert(...)");
+                errors.push(
+                    spec.span_of("reference", at),
+                    "the round trip starts from a model name or path, not convert(...)",
+                );
             }
         }
     }
@@ -477,7 +489,8 @@ fn dtype_sel(expr: &Expr, errors: &mut Errors) -> Option<DTypeSel> {
 }
 
 fn fault(expr: &Expr, errors: &mut Errors) -> Option<Fault> {
-    const EXPECTED: &str = "expected a fault: scale(\"tensor\", factor), zero(\"tensor\"), noise(\"tensor\", seed) or swap(\"a\", \"b\")";
+    const EXPECTED: &str =
+        "expected a fault: scale(\"tensor\", factor), zero(\"tensor\"), noise(\"tensor\", seed) or swap(\"a\", \"b\")";
     let Some((name, args)) = call_parts(expr) else {
         errors.push(expr.span(), EXPECTED);
         return None;
@@ -503,8 +516,7 @@ fn fault(expr: &Expr, errors: &mut Errors) -> Option<Fault> {
 }
 
 fn tolerance(expr: &Expr, errors: &mut Errors) -> Option<Tol> {
-    const EXPECTED: &str =
-        "expected a tolerance: logits(max_abs = X), nmse(X), cosine(X), kld(X) or top1";
+    const EXPECTED: &str = "expected a tolerance: logits(max_abs = X), nmse(X), cosine(X), kld(X) or top1";
     let Some((name, args)) = call_parts(expr) else {
         errors.push(expr.span(), EXPECTED);
         return None;

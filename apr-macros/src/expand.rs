@@ -27,7 +27,8 @@ pub fn check_signature(func: &ItemFn) -> syn::Result<bool> {
         None => false,
         Some(FnArg::Typed(arg)) if matches!(*arg.ty, Type::Reference(_)) => true,
         Some(other) => {
-            errors.push(other.span(), "the only parameter a model test takes is `report: &apr_engine::testing::Report`");
+            errors
+                .push(other.span(), "the only parameter a model test takes is `report: &apr_engine::testing::Report`");
             true
         }
     };
@@ -41,10 +42,8 @@ pub fn expand(spec: &Spec, func: &ItemFn, takes_report: bool) -> TokenStream {
     let name = &func.sig.ident;
     let mut user_fn = func.clone();
     // Test attributes belong on the generated tests, not on the helper function.
-    let (ignores, kept): (Vec<_>, Vec<_>) = user_fn
-        .attrs
-        .drain(..)
-        .partition(|a| a.path().is_ident("ignore") || a.path().is_ident("should_panic"));
+    let (ignores, kept): (Vec<_>, Vec<_>) =
+        user_fn.attrs.drain(..).partition(|a| a.path().is_ident("ignore") || a.path().is_ident("should_panic"));
     user_fn.attrs = kept;
     let call = if takes_report {
         quote!(|report: &::apr_engine::testing::Report| #name(report))

@@ -105,7 +105,8 @@ fn cargo_apr_test_prints_the_matrix_and_fails_on_a_bad_candidate() {
 
     let passing = cargo_apr_test(&crate_dir, &reports, &[]).success();
     let stdout = String::from_utf8_lossy(&passing.get_output().stdout).into_owned();
-    let row = stdout.lines().find(|l| l.contains("passing::apr_matches_gguf_cpu")).unwrap_or_else(|| panic!("{stdout}"));
+    let row =
+        stdout.lines().find(|l| l.contains("passing::apr_matches_gguf_cpu")).unwrap_or_else(|| panic!("{stdout}"));
     for column in ["format_equivalence", "gguf -> apr", "cpu", "PASS", "max|dlogit| 0.00e0"] {
         assert!(row.contains(column), "{column} missing from: {row}");
     }
@@ -145,7 +146,8 @@ fn cargo_apr_fetch_names_an_undeclared_model() {
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(stderr.contains("no model `nope` is declared (declared: qwen)"), "{stderr}");
     // A declared model given by path is verified, not fetched.
-    let out = Command::cargo_bin("cargo-apr").unwrap().current_dir(dir.path()).args(["apr", "fetch"]).assert().success();
+    let out =
+        Command::cargo_bin("cargo-apr").unwrap().current_dir(dir.path()).args(["apr", "fetch"]).assert().success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(stdout.contains("qwen: ") && stdout.contains("(present, sha256 ok)"), "{stdout}");
 }

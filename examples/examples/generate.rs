@@ -13,9 +13,16 @@ fn main() -> anyhow::Result<()> {
     let options = GenerateOptions { max_tokens: 32, sampling: SamplingParams::default(), logits_top_k: None };
     let mut cache = pipeline.model.new_cache(tokens.len() + options.max_tokens);
     let tokenizer = &pipeline.tokenizer;
-    let out = generate(&pipeline.model, &mut cache, &tokens, &options, |t| tokenizer.is_eog(t), |t| {
-        print!("{}", tokenizer.decode(&[t]));
-    })?;
+    let out = generate(
+        &pipeline.model,
+        &mut cache,
+        &tokens,
+        &options,
+        |t| tokenizer.is_eog(t),
+        |t| {
+            print!("{}", tokenizer.decode(&[t]));
+        },
+    )?;
     println!();
     println!(
         "{} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s",

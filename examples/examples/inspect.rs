@@ -17,7 +17,10 @@ fn main() -> anyhow::Result<()> {
         println!("  {dtype:<6} {:>4} tensors, {:>11} bytes", count.tensors, count.bytes);
     }
     if let Some(config) = &report.config {
-        println!("layers {}, hidden {}, heads {}/{} (kv), vocab {}", config.layers, config.hidden, config.heads, config.kv_heads, config.vocab);
+        println!(
+            "layers {}, hidden {}, heads {}/{} (kv), vocab {}",
+            config.layers, config.hidden, config.heads, config.kv_heads, config.vocab
+        );
     }
     match &report.tokenizer {
         Some(_) => println!("tokenizer: present"),

@@ -71,9 +71,8 @@ pub fn cached(
     }
     let temporary = cache.join(format!("{stem}-{key}.tmp{}.{extension}", std::process::id()));
     let _ = std::fs::remove_file(&temporary);
-    let produced = produce(&temporary).and_then(|()| {
-        std::fs::rename(&temporary, &output).map_err(|e| Error::io(&output, e))
-    });
+    let produced =
+        produce(&temporary).and_then(|()| std::fs::rename(&temporary, &output).map_err(|e| Error::io(&output, e)));
     if produced.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
@@ -183,7 +182,9 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
             .unwrap()
             .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().ends_with("apr") && !e.file_name().to_string_lossy().ends_with("gguf"))
+            .filter(|e| {
+                !e.file_name().to_string_lossy().ends_with("apr") && !e.file_name().to_string_lossy().ends_with("gguf")
+            })
             .collect();
         assert!(leftovers.is_empty(), "no lock or temporary file left: {leftovers:?}");
     }

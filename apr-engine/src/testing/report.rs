@@ -118,8 +118,12 @@ pub struct ReportSummary {
 impl Report {
     /// The report's file: the test path with `::` made file-name safe.
     pub fn path_in(&self, dir: &Path) -> PathBuf {
-        let name: String =
-            self.test.replace("::", ".").chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' }).collect();
+        let name: String = self
+            .test
+            .replace("::", ".")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' })
+            .collect();
         dir.join(format!("{name}.json"))
     }
 
@@ -141,7 +145,8 @@ impl Report {
         let _ = writeln!(out, "model test {} [{}] {}", self.test, self.kind, self.status);
         let _ = writeln!(out, "  reference: {}", self.reference);
         let _ = writeln!(out, "  candidate: {}", self.candidate);
-        let _ = writeln!(out, "  formats: {}   backend: {}   key figure: {}", self.formats, self.backend, self.key_figure);
+        let _ =
+            writeln!(out, "  formats: {}   backend: {}   key figure: {}", self.formats, self.backend, self.key_figure);
         if let Some(reason) = &self.reason {
             let _ = writeln!(out, "  reason: {reason}");
         }
@@ -162,7 +167,11 @@ impl Report {
 fn render_prompt(out: &mut String, p: &PromptOutcome) {
     let t = &p.trace;
     let _ = writeln!(out, "\n  prompt {:?} ({} prompt tokens)", p.prompt, t.prompt_tokens.len());
-    let _ = writeln!(out, "  {:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  ok", "pos", "ref top1", "cand top1", "max|dlogit|", "nmse", "cosine");
+    let _ = writeln!(
+        out,
+        "  {:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  ok",
+        "pos", "ref top1", "cand top1", "max|dlogit|", "nmse", "cosine"
+    );
     for pos in &t.positions {
         let _ = writeln!(
             out,
@@ -201,7 +210,11 @@ fn render_prompt(out: &mut String, p: &PromptOutcome) {
 }
 
 fn render_roundtrip(out: &mut String, cells: &[RoundtripCell]) {
-    let _ = writeln!(out, "\n  {:<12} {:<6} {:<8} {:>7} {:>10} {:>12} {:>11}  stored", "container", "dtype", "outcome", "tensors", "byte-exact", "within bound", "worst nmse");
+    let _ = writeln!(
+        out,
+        "\n  {:<12} {:<6} {:<8} {:>7} {:>10} {:>12} {:>11}  stored",
+        "container", "dtype", "outcome", "tensors", "byte-exact", "within bound", "worst nmse"
+    );
     for c in cells {
         let _ = writeln!(
             out,

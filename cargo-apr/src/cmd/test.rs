@@ -70,10 +70,15 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let out_dir = report_dir.parent().unwrap_or(&report_dir).to_path_buf();
     std::fs::write(out_dir.join("junit.xml"), junit(&reports, &summary))
         .with_context(|| format!("writing {}", out_dir.join("junit.xml").display()))?;
-    std::fs::write(out_dir.join("summary.json"), serde_json::to_vec_pretty(&JsonOut { summary: &summary, tests: &reports })?)?;
+    std::fs::write(
+        out_dir.join("summary.json"),
+        serde_json::to_vec_pretty(&JsonOut { summary: &summary, tests: &reports })?,
+    )?;
     match args.format {
         OutputFormat::Human => print_human(&reports, &summary, &out_dir),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&JsonOut { summary: &summary, tests: &reports })?),
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&JsonOut { summary: &summary, tests: &reports })?)
+        }
         OutputFormat::Junit => print!("{}", junit(&reports, &summary)),
     }
     Ok(if summary.failed > 0 || !cargo_ok { exit::FAILURE } else { exit::PASS })
@@ -187,7 +192,8 @@ fn print_human(reports: &[ReportSummary], s: &Summary, out_dir: &Path) {
     let rows: Vec<[String; 7]> = reports
         .iter()
         .map(|r| {
-            let figure = if r.status == Status::Pass { r.key_figure.clone() } else { r.reason.clone().unwrap_or_default() };
+            let figure =
+                if r.status == Status::Pass { r.key_figure.clone() } else { r.reason.clone().unwrap_or_default() };
             [
                 r.kind.clone(),
                 r.test.clone(),

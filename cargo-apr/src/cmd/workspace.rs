@@ -67,9 +67,6 @@ impl Workspace {
 
     /// The covered packages' folders.
     pub fn package_dirs(&self) -> Vec<PathBuf> {
-        self.packages()
-            .iter()
-            .filter_map(|p| p.manifest_path.parent().map(|d| d.as_std_path().to_path_buf()))
-            .collect()
+        self.packages().iter().filter_map(|p| p.manifest_path.parent().map(|d| d.as_std_path().to_path_buf())).collect()
     }
 }
