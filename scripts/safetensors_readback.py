@@ -74,7 +74,11 @@ def check_tensors(model_path, reader, arch, qk_rows):
         assert gguf_name in gguf_tensors, f"{hf_name} maps to {gguf_name}, not in the GGUF file"
         source = gguf_tensors[gguf_name]
         assert list(info["shape"]) == [int(d) for d in reversed(source.shape)], (hf_name, info["shape"], source.shape)
-        original = np.asarray(source.data, dtype=np.float32).reshape(values.shape)
+        if source.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            original = np.asarray(source.data, dtype=np.float32).reshape(values.shape)
+        else:
+            # A quantized (or BF16) source: the export must hold what gguf-py dequantizes.
+            original = gguf.quants.dequantize(source.data, source.tensor_type).reshape(values.shape)
         if info["dtype"] == "F32":
             assert np.array_equal(values, original), f"{hf_name}: values differ"
         elif info["dtype"] == "F16":

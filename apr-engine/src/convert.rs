@@ -131,10 +131,11 @@ impl<'a> ConvertingSource<'a> {
         }
         report.tensors = specs.len();
         if options.to == FormatKind::SafeTensors && input.tensors().iter().any(|t| t.dtype.is_quantized()) {
-            report.notes.push(
-                "SafeTensors has no block dtypes: quantized tensors were dequantized (pass --dtype f16|bf16 for a smaller file)"
-                    .to_string(),
-            );
+            let how = match options.dtype {
+                DTypeChoice::Keep => "to F32 (pass --dtype f16|bf16 for a smaller file)".to_string(),
+                DTypeChoice::To(dtype) => format!("to {dtype} (vectors to F32)"),
+            };
+            report.notes.push(format!("SafeTensors has no block dtypes: quantized tensors were dequantized {how}"));
         }
         let mut metadata = input.metadata().clone();
         if let DTypeChoice::To(dtype) = options.dtype {

@@ -53,6 +53,7 @@ fn gguf_to_safetensors_f32_to_apr_keeps_values_and_tokenizer() {
             "{key} travels through config.json/tokenizer.json"
         );
     }
+    python_package_reads_what_gguf_py_dequantizes(&dir.path().join("model.safetensors"), &original.path);
     let apr = convert_to(&st, &dir.path().join("m.apr"), FormatKind::Apr, DTypeChoice::Keep);
     assert_same_tensor_bytes(&st, &apr);
     assert_eq!(st.metadata().get("tokenizer.ggml.tokens"), apr.metadata().get("tokenizer.ggml.tokens"));
@@ -68,4 +69,25 @@ fn existing_output_is_not_overwritten_without_force() {
     let err = convert(&original, &out, options, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("--force"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+}
+
+/// The `safetensors` Python package loads our export, and every tensor holds
+/// the values gguf-py dequantizes from the original (scripts/safetensors_readback.py).
+fn python_package_reads_what_gguf_py_dequantizes(exported: &Path, original: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/safetensors_readback.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--model")
+        .arg(exported)
+        .arg("--gguf")
+        .arg(original)
+        .output()
+        .expect("python3 runs (scripts/test.sh installs gguf, numpy and safetensors)");
+    assert!(
+        output.status.success(),
+        "safetensors/gguf-py readback failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&output.stdout));
 }

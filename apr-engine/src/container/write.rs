@@ -12,7 +12,8 @@ pub struct WriteOptions {
     pub force: bool,
 }
 
-/// Runs `write` against a buffered temporary file in `path`'s directory and
+/// Runs `write` against a buffered temporary file in `path`'s directory
+/// (created if missing) and
 /// renames it to `path` on success. On failure the temporary file is removed
 /// and nothing at `path` changes.
 pub fn write_atomically(
@@ -27,7 +28,11 @@ pub fn write_atomically(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = temp_file_builder().tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    // A missing output directory is created, as `cargo build` creates target/.
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = temp_file_builder()
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, std::io::Error::new(e.kind(), "cannot create a temporary file here")))?;
     {
         let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         write(&mut out)?;

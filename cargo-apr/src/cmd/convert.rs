@@ -75,15 +75,23 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     for note in &report.notes {
         eprintln!("note: {note}");
     }
+    let seconds = started.elapsed().as_secs_f64();
     println!(
-        "wrote {} ({}): {} tensors, {} carried byte for byte, {} converted, {} Q/K reordered, in {:.1} s",
+        "wrote {} ({}): {} tensors, {} carried byte for byte, {} converted, {} Q/K reordered, in {seconds:.1} s",
         args.output.display(),
         human_bytes(report.bytes_written),
         report.tensors,
         report.carried,
         report.converted,
         report.reordered,
-        started.elapsed().as_secs_f64()
+    );
+    // Peak RSS counts the input's mapped pages that were read; it stays near
+    // the file size because tensors are streamed one at a time.
+    let peak = apr_engine::bench::peak_rss_bytes().map_or("unknown".into(), human_bytes);
+    println!(
+        "throughput {}/s of input, peak RSS {peak} (input {})",
+        human_bytes((input.file_size() as f64 / seconds.max(1e-9)) as u64),
+        human_bytes(input.file_size())
     );
     Ok(crate::exit::PASS)
 }
