@@ -101,3 +101,33 @@ fn a_failing_body_turns_the_report_into_a_failure() {
     let report = read_report("failing_body_cpu");
     assert_eq!(report["status"], "FAIL");
 }
+
+/// The golden cycle: missing -> pending snapshot written and the test fails;
+/// pinned -> passes; a pinned logit moved beyond the tolerance -> fails again.
+#[test]
+fn golden_snapshots_pin_tokens_and_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = dir.path().join("golden.json");
+    let golden: &'static str = Box::leak(pinned.display().to_string().into_boxed_str());
+    let spec = TestSpec { golden: Some(golden), max_tokens: Some(2), ..spec(BackendKind::Cpu, "golden_cpu") };
+    let run = || std::panic::catch_unwind(|| runner::run(&spec, |_| {})).map_err(panic_text);
+    let pending = apr_engine::testing::golden::pending_path(&pinned);
+
+    let missing = run().unwrap_err();
+    assert!(missing.contains("no golden file") && missing.contains("cargo apr review --accept"), "{missing}");
+    std::fs::rename(&pending, &pinned).unwrap();
+    run().unwrap();
+    assert!(!pending.exists());
+
+    let mut snapshot: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&pinned).unwrap()).unwrap();
+    let logit = &mut snapshot["prompts"][0]["top_logits"][0][0][1];
+    *logit = serde_json::json!(logit.as_f64().unwrap() + 0.5);
+    std::fs::write(&pinned, serde_json::to_string(&snapshot).unwrap()).unwrap();
+    let moved = run().unwrap_err();
+    assert!(moved.contains("moved by 5.000e-1"), "{moved}");
+    assert!(pending.exists(), "the new snapshot waits for review");
+}
+
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic.downcast_ref::<String>().cloned().unwrap_or_default()
+}
