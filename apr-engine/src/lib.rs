@@ -14,6 +14,8 @@ pub mod tokenizer;
 pub mod trace;
 pub mod tracediff;
 
+/// `#[model_test(...)]`: see [`testing`].
+pub use apr_macros::model_test;
 pub use container::{Format, ModelFile, TensorInfo, TensorView};
 pub use dtype::DType;
 pub use error::{Error, ParseError, Result};

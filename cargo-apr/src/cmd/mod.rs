@@ -7,15 +7,19 @@ mod check;
 mod compare_inference;
 mod convert;
 mod diff_tensors;
+mod fetch;
 mod inspect;
 mod profile;
 mod prompt_args;
+mod review;
 mod run;
 mod stream;
+mod test;
 mod threads;
 mod trace_args;
 mod trace_diff;
 mod validate;
+mod workspace;
 
 use clap::{Parser, Subcommand};
 
@@ -47,10 +51,16 @@ enum Command {
     Inspect(inspect::Args),
     /// Compare two model files tensor by tensor (exit 5 on any mismatch).
     DiffTensors(diff_tensors::Args),
+    /// Fetch and verify the models declared in [package.metadata.apr.models].
+    Fetch(fetch::Args),
     /// Per-token decode latency percentiles and throughput, with CI assertions.
     Profile(profile::Args),
+    /// Show pending golden snapshots against the pinned ones; --accept or --reject them.
+    Review(review::Args),
     /// Generate text from a prompt (chat template applied unless --raw).
     Run(run::Args),
+    /// Run the #[model_test] suites and print the matrix, summary and qualification score.
+    Test(test::Args),
     /// Drive two models in lockstep and name the first divergent layer (exit 5 when diverged).
     TraceDiff(trace_diff::Args),
     /// Check a model file's structure and values (exit 1 on any failure).
@@ -67,7 +77,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::DiffTensors(args) => diff_tensors::run(args),
+        Command::Fetch(args) => fetch::run(args),
         Command::Profile(args) => profile::run(args),
+        Command::Review(args) => review::run(args),
+        Command::Test(args) => test::run(args),
         Command::Run(args) => run::run(args),
         Command::TraceDiff(args) => trace_diff::run(args),
         Command::Validate(args) => validate::run(args),

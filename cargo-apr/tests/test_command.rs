@@ -1,0 +1,153 @@
+//! `cargo apr test` end to end, as a user runs it: a fresh downstream crate
+//! (path dependency on apr-engine, the 0.5B model declared by path) with
+//! `#[model_test]` suites; the matrix, the JUnit file and the exit code are
+//! checked once with passing tests and once with a failing candidate.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The target dir the workspace builds into, so that the downstream crate reuses its artifacts.
+fn shared_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+const PASSING: &str = r#"
+use apr_engine::model_test;
+
+#[model_test(
+    format_equivalence,
+    reference = "qwen",
+    candidate = convert(apr),
+    prompts = ["Hi"],
+    max_tokens = 2,
+    expect = identical,
+    backends = [cpu, cuda],
+)]
+fn apr_matches_gguf(report: &apr_engine::testing::Report) {
+    assert_eq!(report.prompts.len(), 1);
+}
+"#;
+
+const FAILING: &str = r#"
+use apr_engine::model_test;
+
+#[model_test(
+    trace_diff,
+    reference = "qwen",
+    candidate = convert(apr, fault = scale("blk.5.ffn_down.weight", 1.5)),
+    prompts = ["Hi"],
+    max_tokens = 1,
+    expect = identical,
+)]
+fn corrupted_candidate_is_caught() {}
+"#;
+
+fn downstream_crate(dir: &Path) {
+    let model = apr_engine::testing::models::QWEN_0_5B.require();
+    let manifest = format!(
+        r#"[package]
+name = "downstream"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[workspace]
+
+[dependencies]
+apr-engine = {{ path = "{engine}" }}
+
+[package.metadata.apr.models]
+qwen = {{ path = "{model}", sha256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32" }}
+
+# The workspace's profiles, so that its compiled artifacts are reused.
+[profile.test]
+opt-level = 3
+debug = 1
+
+[profile.dev.package."*"]
+opt-level = 3
+"#,
+        engine = workspace_root().join("apr-engine").display(),
+        model = model.display()
+    );
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join("tests")).unwrap();
+    std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+    std::fs::write(dir.join("src/lib.rs"), "").unwrap();
+    std::fs::write(dir.join("tests/passing.rs"), PASSING).unwrap();
+    // The workspace's lock file pins the same dependency versions.
+    std::fs::copy(workspace_root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+}
+
+fn cargo_apr_test(dir: &Path, reports: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    Command::cargo_bin("cargo-apr")
+        .unwrap()
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", shared_target())
+        .args(["apr", "test", "--report-dir"])
+        .arg(reports)
+        .args(extra)
+        .timeout(std::time::Duration::from_secs(1200))
+        .assert()
+}
+
+#[test]
+fn cargo_apr_test_prints_the_matrix_and_fails_on_a_bad_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("downstream");
+    let reports = dir.path().join("apr/reports");
+    downstream_crate(&crate_dir);
+
+    let passing = cargo_apr_test(&crate_dir, &reports, &[]).success();
+    let stdout = String::from_utf8_lossy(&passing.get_output().stdout).into_owned();
+    let row =
+        stdout.lines().find(|l| l.contains("passing::apr_matches_gguf_cpu")).unwrap_or_else(|| panic!("{stdout}"));
+    for column in ["format_equivalence", "gguf -> apr", "cpu", "PASS", "max|dlogit| 0.00e0"] {
+        assert!(row.contains(column), "{column} missing from: {row}");
+    }
+    let skipped = stdout.lines().find(|l| l.contains("passing::apr_matches_gguf_cuda")).unwrap();
+    assert!(skipped.contains("SKIP") && skipped.contains("no CUDA backend"), "{skipped}");
+    assert!(stdout.contains("qualification score: 100.0% (1 passed / 1 run; skipped tests are excluded)"), "{stdout}");
+    assert!(stdout.contains("1 passed, 0 failed, 1 skipped"), "{stdout}");
+    let junit = std::fs::read_to_string(dir.path().join("apr/junit.xml")).unwrap();
+    assert!(junit.contains(r#"tests="2" failures="0" skipped="1""#), "{junit}");
+
+    std::fs::write(crate_dir.join("tests/failing.rs"), FAILING).unwrap();
+    let failing = cargo_apr_test(&crate_dir, &reports, &["--format", "junit"]).code(1);
+    let xml = String::from_utf8_lossy(&failing.get_output().stdout).into_owned();
+    assert!(xml.starts_with("<?xml"), "stdout holds only the JUnit document: {xml}");
+    assert!(xml.contains(r#"tests="3" failures="1" skipped="1""#), "{xml}");
+    assert!(xml.contains(r#"name="corrupted_candidate_is_caught_cpu""#), "{xml}");
+    assert!(xml.contains("<failure message=\"failed: expect identical\"/>"), "{xml}");
+    // The test's own output (on stderr here) carries the rendered trace-diff table and verdict.
+    let stderr = String::from_utf8_lossy(&failing.get_output().stderr).into_owned();
+    assert!(stderr.contains("first divergence: position"), "{stderr}");
+    assert!(stderr.contains("verdict: Diverged"), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("apr/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["summary"]["qualification"], 0.5);
+}
+
+#[test]
+fn cargo_apr_fetch_names_an_undeclared_model() {
+    let dir = tempfile::tempdir().unwrap();
+    downstream_crate(dir.path());
+    let out = Command::cargo_bin("cargo-apr")
+        .unwrap()
+        .current_dir(dir.path())
+        .args(["apr", "fetch", "nope"])
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(stderr.contains("no model `nope` is declared (declared: qwen)"), "{stderr}");
+    // A declared model given by path is verified, not fetched.
+    let out =
+        Command::cargo_bin("cargo-apr").unwrap().current_dir(dir.path()).args(["apr", "fetch"]).assert().success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(stdout.contains("qwen: ") && stdout.contains("(present, sha256 ok)"), "{stdout}");
+}

@@ -1,0 +1,36 @@
+//! A deliberately corrupted candidate: layer 5's FFN down projection scaled
+//! by 1.5. The trace diff must find the divergence and blame layer 5.
+
+use apr_engine::model_test;
+use apr_engine::testing::Report;
+use apr_engine::tracediff::Verdict;
+
+#[model_test(
+    trace_diff,
+    reference = "qwen2.5-coder-0.5b-instruct",
+    candidate = convert(apr, fault = scale("blk.5.ffn_down.weight", 1.5)),
+    prompts = ["What is 2+2?"],
+    max_tokens = 2,
+    expect = diverged(LayerCorrupted(5)),
+    backends = [cpu, cuda],
+)]
+fn scaled_ffn_down_is_blamed_on_layer_5(report: &Report) {
+    let Verdict::Diverged { layer, .. } = &report.prompts[0].trace.verdict else { unreachable!() };
+    assert_eq!(*layer, Some(5));
+}
+
+/// The uncorrupted conversion, compared with every boundary traced: identical.
+/// Its greedy tokens and top logits are pinned in a golden snapshot, compared
+/// within 1e-2 (SIMD paths of other CPUs may round differently); a change of
+/// the engine's own output fails here until `cargo apr review --accept`.
+#[model_test(
+    trace_diff,
+    reference = "qwen2.5-coder-0.5b-instruct",
+    candidate = convert(apr),
+    prompts = ["What is 2+2?"],
+    max_tokens = 4,
+    expect = identical,
+    tolerance = logits(max_abs = 1e-2),
+    golden = "tests/golden/clean_conversion.json",
+)]
+fn clean_conversion_traces_identical() {}

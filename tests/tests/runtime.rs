@@ -1,0 +1,133 @@
+//! What the tests that `#[model_test]` generates do at run time: resolve
+//! models, fail with the fetch command, skip an absent backend (never pass
+//! it), write reports, and hand the report to the body.
+
+use apr_engine::model_test;
+use apr_engine::testing::report::Status;
+use apr_engine::testing::runner;
+use apr_engine::testing::spec::{BackendKind, Container, ConvertSpec, DTypeSel, Kind, ModelRef, TestSpec};
+use apr_engine::testing::{cache, Report};
+use apr_engine::tracediff::Verdict;
+
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct";
+
+#[model_test(format_equivalence, reference = "no-such-model.gguf", candidate = convert(apr))]
+#[should_panic(expected = "is neither a model in [package.metadata.apr.models]")]
+fn unknown_model_fails_naming_the_manifest() {}
+
+#[model_test(format_equivalence, reference = "absent", candidate = convert(apr))]
+#[should_panic(expected = "fetch it with: cargo apr fetch absent")]
+fn declared_but_missing_model_fails_with_the_fetch_command() {}
+
+/// GGUF and its APR conversion hold the same bytes: identical logits at every position.
+#[model_test(
+    format_equivalence,
+    reference = "qwen2.5-coder-0.5b-instruct",
+    candidate = convert(apr),
+    prompts = ["fn main() {"],
+    max_tokens = 3,
+    expect = identical,
+    tolerance = [logits(max_abs = 0.0), top1, kld(0.0)],
+)]
+fn gguf_and_apr_are_identical(report: &Report) {
+    assert_eq!(report.status, Status::Pass);
+    assert_eq!(report.formats, "gguf -> apr");
+    let trace = &report.prompts[0].trace;
+    assert_eq!(trace.verdict, Verdict::Identical);
+    assert_eq!(trace.tokens.len(), 3);
+    assert_eq!(report.prompts[0].max_kld, Some(0.0));
+    assert_eq!(report.prompts[0].checks.len(), 4, "expect + three tolerances");
+}
+
+fn spec(backend: BackendKind, test: &'static str) -> TestSpec {
+    TestSpec {
+        function: "direct",
+        test,
+        module: module_path!(),
+        manifest_dir: env!("CARGO_MANIFEST_DIR"),
+        kind: Kind::FormatEquivalence,
+        model: None,
+        reference: Some(ModelRef::Named(QWEN)),
+        candidate: Some(ModelRef::Convert(ConvertSpec { to: Container::Apr, dtype: DTypeSel::Keep, faults: &[] })),
+        prompts: &["Hi"],
+        max_tokens: Some(1),
+        tolerance: &[],
+        expect: None,
+        dtypes: &[],
+        containers: &[],
+        tensors: &[],
+        golden: None,
+        backend,
+    }
+}
+
+fn read_report(test: &str) -> serde_json::Value {
+    let dir = cache::report_dir(env!("CARGO_MANIFEST_DIR").as_ref());
+    let path = dir.join(format!("runtime.{test}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn an_absent_backend_is_reported_as_skipped_and_the_body_never_runs() {
+    let spec = spec(BackendKind::Cuda, "direct_cuda");
+    runner::run(&spec, |_| panic!("the body must not run on a skipped backend"));
+    let report = read_report("direct_cuda");
+    assert_eq!(report["status"], "SKIP");
+    assert_eq!(report["backend"], "cuda");
+    assert!(report["reason"].as_str().unwrap().contains("no CUDA backend"), "{report}");
+}
+
+#[test]
+fn a_passing_test_writes_its_report_with_the_key_figure() {
+    let spec = spec(BackendKind::Cpu, "direct_cpu");
+    let mut seen = None;
+    runner::run(&spec, |r| seen = Some(r.status));
+    assert_eq!(seen, Some(Status::Pass));
+    let report = read_report("direct_cpu");
+    assert_eq!(report["schema"], "apr.model-test.v1");
+    assert_eq!(report["status"], "PASS");
+    assert_eq!(report["kind"], "format_equivalence");
+    assert_eq!(report["formats"], "gguf -> apr");
+    assert!(report["key_figure"].as_str().unwrap().starts_with("max|dlogit| 0.00e0"), "{report}");
+    assert!(report["duration_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_failing_body_turns_the_report_into_a_failure() {
+    let spec = spec(BackendKind::Cpu, "failing_body_cpu");
+    let outcome = std::panic::catch_unwind(|| runner::run(&spec, |_| panic!("user assertion")));
+    assert!(outcome.is_err());
+    let report = read_report("failing_body_cpu");
+    assert_eq!(report["status"], "FAIL");
+}
+
+/// The golden cycle: missing -> pending snapshot written and the test fails;
+/// pinned -> passes; a pinned logit moved beyond the tolerance -> fails again.
+#[test]
+fn golden_snapshots_pin_tokens_and_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = dir.path().join("golden.json");
+    let golden: &'static str = Box::leak(pinned.display().to_string().into_boxed_str());
+    let spec = TestSpec { golden: Some(golden), max_tokens: Some(2), ..spec(BackendKind::Cpu, "golden_cpu") };
+    let run = || std::panic::catch_unwind(|| runner::run(&spec, |_| {})).map_err(panic_text);
+    let pending = apr_engine::testing::golden::pending_path(&pinned);
+
+    let missing = run().unwrap_err();
+    assert!(missing.contains("no golden file") && missing.contains("cargo apr review --accept"), "{missing}");
+    std::fs::rename(&pending, &pinned).unwrap();
+    run().unwrap();
+    assert!(!pending.exists());
+
+    let mut snapshot: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&pinned).unwrap()).unwrap();
+    let logit = &mut snapshot["prompts"][0]["top_logits"][0][0][1];
+    *logit = serde_json::json!(logit.as_f64().unwrap() + 0.5);
+    std::fs::write(&pinned, serde_json::to_string(&snapshot).unwrap()).unwrap();
+    let moved = run().unwrap_err();
+    assert!(moved.contains("moved by 5.000e-1"), "{moved}");
+    assert!(pending.exists(), "the new snapshot waits for review");
+}
+
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic.downcast_ref::<String>().cloned().unwrap_or_default()
+}
