@@ -20,11 +20,25 @@ pub enum RowDot {
     Float(fn(&[u8], &[f32]) -> f32),
 }
 
+/// Tokens a [`TileDot`] handles per call.
+pub const TILE: usize = 4;
+
+/// A dot of one weight row with [`TILE`] tokens at once: each weight block is
+/// unpacked once and used for every token (the prefill kernel). Each result equals
+/// the kernel's [`RowDot`] on that token bit for bit (same operations, same order).
+#[derive(Clone, Copy)]
+pub enum TileDot {
+    Q8(fn(&[u8], &[&[BlockQ8]; TILE]) -> [f32; TILE]),
+    Q8K(fn(&[u8], &[&[BlockQ8K]; TILE]) -> [f32; TILE]),
+}
+
 /// A selected kernel and its `--trace` name.
 #[derive(Clone, Copy)]
 pub struct Kernel {
     pub name: &'static str,
     pub dot: RowDot,
+    /// The multi-token form, where one exists (else prefill calls `dot` per token).
+    pub tile: Option<TileDot>,
 }
 
 /// The portable kernel for `dtype`, if it has a direct one (others dequantize rows).
@@ -44,7 +58,7 @@ pub fn scalar_kernel(dtype: DType) -> Option<Kernel> {
         DType::BF16 => ("BF16×F32 scalar", Float(scalar::bf16_row)),
         _ => return None,
     };
-    Some(Kernel { name, dot })
+    Some(Kernel { name, dot, tile: None })
 }
 
 /// True when this CPU runs the AVX2 kernels.
@@ -67,6 +81,16 @@ pub fn avx2_kernel(dtype: DType) -> Option<Kernel> {
         return None;
     }
     // SAFETY (every closure below): the CPU features these functions need were detected above.
+    let tile = match dtype {
+        DType::Q4_0 => Some(TileDot::Q8(|w, x| unsafe { avx2::q4_0_tile(w, x) })),
+        DType::Q4_1 => Some(TileDot::Q8(|w, x| unsafe { avx2::q4_1_tile(w, x) })),
+        DType::Q5_0 => Some(TileDot::Q8(|w, x| unsafe { avx2::q5_0_tile(w, x) })),
+        DType::Q5_1 => Some(TileDot::Q8(|w, x| unsafe { avx2::q5_1_tile(w, x) })),
+        DType::Q8_0 => Some(TileDot::Q8(|w, x| unsafe { avx2::q8_0_tile(w, x) })),
+        DType::Q4_K => Some(TileDot::Q8K(|w, x| unsafe { avx2::q4_k_tile(w, x) })),
+        DType::Q6_K => Some(TileDot::Q8K(|w, x| unsafe { avx2::q6_k_tile(w, x) })),
+        _ => None,
+    };
     let (name, dot) = match dtype {
         DType::Q4_0 => ("Q4_0×Q8_0 avx2", Q8(|w, x| unsafe { avx2::q4_0(w, x) })),
         DType::Q4_1 => ("Q4_1×Q8_1 avx2", Q8(|w, x| unsafe { avx2::q4_1(w, x) })),
@@ -81,7 +105,7 @@ pub fn avx2_kernel(dtype: DType) -> Option<Kernel> {
         DType::BF16 => ("BF16×F32 avx2", Float(|w, x| unsafe { avx2::bf16_row(w, x) })),
         _ => return None,
     };
-    Some(Kernel { name, dot })
+    Some(Kernel { name, dot, tile })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
