@@ -8,7 +8,8 @@
 //!   ½ · amax/127 · (1 + 1e-6) for Q8_K;
 //! - the scalar reference reads the blocks as `quant::dequantize` does (within
 //!   `1e-6 · (|w_i| + 2|offset_i|)`: float products may round in another order);
-//! - every multi-token (tile) kernel is, per token, within the same bound of the
+//! - every AVX-VNNI kernel equals its AVX2 kernel bit for bit;
+//! - every multi-token (tile) kernel (AVX2 and AVX-VNNI) is, per token, within the same bound of the
 //!   scalar reference and bit-equal to its single-token kernel;
 //! - `matmul` over n tokens equals n single-token matmuls bit for bit, including
 //!   the dequantizing path of Q2_K/Q3_K;
@@ -205,6 +206,10 @@ fn assert_simd_matches_scalar(dtype: DType, row: &[u8], x: &[f32]) -> Result<(),
     let (want, got) = (call(scalar.dot, row, &acts), call(simd.dot, row, &acts));
     let bound = 1e-5 * magnitude(dtype, row, &acts.dequantized());
     prop_assert!((want - got).abs() <= bound, "{}: scalar {want} simd {got} bound {bound}", simd.name);
+    // The VNNI kernel, where this CPU has one, sums the same integers in one instruction.
+    if let Some(vnni) = dot::vnni_kernel(dtype) {
+        prop_assert_eq!(call(vnni.dot, row, &acts).to_bits(), got.to_bits(), "{} vs {}", vnni.name, simd.name);
+    }
     Ok(())
 }
 
@@ -271,10 +276,21 @@ per_dtype! {
 /// Each token's result of a kernel's [`TileDot`] is within the SIMD bound of the
 /// scalar reference on that token, and bit-equal to the kernel's own row dot.
 fn assert_tile_matches_scalar(dtype: DType, row: &[u8], xs: &[Vec<f32>]) -> Result<(), TestCaseError> {
-    let Some(kernel) = dot::best_kernel(dtype) else { return Ok(()) };
+    for kernel in [dot::avx2_kernel(dtype), dot::vnni_kernel(dtype)].into_iter().flatten() {
+        assert_one_tile_matches_scalar(&kernel, dtype, row, xs)?;
+    }
+    Ok(())
+}
+
+fn assert_one_tile_matches_scalar(
+    kernel: &Kernel,
+    dtype: DType,
+    row: &[u8],
+    xs: &[Vec<f32>],
+) -> Result<(), TestCaseError> {
     let Some(tile) = kernel.tile else { return Ok(()) };
     let scalar = dot::scalar_kernel(dtype).unwrap();
-    let acts: Vec<Acts> = xs.iter().map(|x| Acts::for_kernel(&kernel, x)).collect();
+    let acts: Vec<Acts> = xs.iter().map(|x| Acts::for_kernel(kernel, x)).collect();
     let got = match tile {
         TileDot::Q8(f) => f(
             row,
@@ -415,6 +431,13 @@ proptest! {
 fn kernel_names_say_what_runs() {
     let name = apr_engine::kernels::kernel_name(DType::Q4_K);
     let expected = if dot::has_avx2() { "Q4_K×Q8_K avx2" } else { "Q4_K×Q8_K scalar" };
+    assert_eq!(name, expected);
+    let name = apr_engine::kernels::kernel_name(DType::Q8_0);
+    let expected = match (dot::has_avx_vnni(), dot::has_avx2()) {
+        (true, _) => "Q8_0×Q8_0 avx-vnni",
+        (false, true) => "Q8_0×Q8_0 avx2",
+        _ => "Q8_0×Q8_0 scalar",
+    };
     assert_eq!(name, expected);
     assert!(apr_engine::kernels::kernel_name(DType::Q3_K).contains("dequant"));
 }

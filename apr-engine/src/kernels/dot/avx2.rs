@@ -44,6 +44,18 @@ unsafe fn dot_u8_i8(a: __m256i, b: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
 }
 
+/// How far ahead of the block being read the weight stream is prefetched: far
+/// enough to cover DRAM latency at this kernel's rate, a few rows of a matvec.
+const PREFETCH_BYTES: usize = 2048;
+
+/// Asks for the weights `PREFETCH_BYTES` past `block` (past a row's end this is the
+/// next row of the chunk; beyond the matrix the hint is harmless: prefetches don't fault).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prefetch_ahead(block: &[u8]) {
+    _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
+}
+
 /// The 32 nibbles of 16 bytes: low nibbles in bytes 0..16, high in 16..32 (ggml's element order).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -149,40 +161,57 @@ impl Block32 for Q8_0 {
 }
 
 /// Dots a row of 32-wide blocks with `T` tokens, unpacking each block once. For
-/// signed weights the sign moves onto the activations (`maddubs` wants one operand
-/// unsigned); unsigned ones add `m · s` per block. `T = 1` is the matvec kernel.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blocks32<B: Block32, const T: usize>(row: &[u8], acts: &[&[BlockQ8]; T]) -> [f32; T] {
-    let n = row.len() / B::BYTES;
-    assert!(acts.iter().all(|a| a.len() >= n), "fewer activation blocks than weight blocks");
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut offsets = [0.0f32; T];
-    for (i, b) in row.chunks_exact(B::BYTES).enumerate() {
-        let (w, d) = B::unpack(b);
-        let w_abs = if B::SIGNED { _mm256_sign_epi8(w, w) } else { w };
-        let m = B::offset(b);
-        for t in 0..T {
-            // SAFETY: i < n <= acts[t].len(), asserted above.
-            let y = acts[t].get_unchecked(i);
-            let y_qs = load_acts(&y.qs);
-            let y_qs = if B::SIGNED { _mm256_sign_epi8(y_qs, w) } else { y_qs };
-            let products = _mm256_cvtepi32_ps(dot_u8_i8(w_abs, y_qs));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), products, acc[t]);
-            if !B::SIGNED {
-                offsets[t] += m * y.s;
+/// signed weights the sign moves onto the activations (`maddubs` and `dpbusd` want
+/// one operand unsigned); unsigned ones add `m · s` per block. `T = 1` is the
+/// matvec kernel. `$pair_dot` sums byte products in groups of four into i32 lanes.
+macro_rules! blocks32_fn {
+    ($name:ident, $features:literal, $pair_dot:ident) => {
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<B: Block32, const T: usize>(row: &[u8], acts: &[&[BlockQ8]; T]) -> [f32; T] {
+            let n = row.len() / B::BYTES;
+            assert!(acts.iter().all(|a| a.len() >= n), "fewer activation blocks than weight blocks");
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut offsets = [0.0f32; T];
+            for (i, b) in row.chunks_exact(B::BYTES).enumerate() {
+                prefetch_ahead(b);
+                let (w, d) = B::unpack(b);
+                let w_abs = if B::SIGNED { _mm256_sign_epi8(w, w) } else { w };
+                let m = B::offset(b);
+                for t in 0..T {
+                    // SAFETY: i < n <= acts[t].len(), asserted above.
+                    let y = acts[t].get_unchecked(i);
+                    let y_qs = load_acts(&y.qs);
+                    let y_qs = if B::SIGNED { _mm256_sign_epi8(y_qs, w) } else { y_qs };
+                    let products = _mm256_cvtepi32_ps($pair_dot(w_abs, y_qs));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), products, acc[t]);
+                    if !B::SIGNED {
+                        offsets[t] += m * y.s;
+                    }
+                }
             }
+            let mut out = [0.0f32; T];
+            for t in 0..T {
+                out[t] = hsum(acc[t]) + offsets[t];
+            }
+            out
         }
-    }
-    let mut out = [0.0f32; T];
-    for t in 0..T {
-        out[t] = hsum(acc[t]) + offsets[t];
-    }
-    out
+    };
+}
+
+blocks32_fn!(blocks32, "avx2,fma,f16c", dot_u8_i8);
+blocks32_fn!(blocks32_vnni, "avx2,fma,f16c,avxvnni", dot_u8_i8_vnni);
+
+/// [`dot_u8_i8`] in one instruction (no i16 intermediate, so no bound on `a`;
+/// where `dot_u8_i8` does not saturate, the two agree exactly).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn dot_u8_i8_vnni(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b)
 }
 
 macro_rules! block32_kernels {
-    ($($block:ident: $single:ident, $tile:ident;)*) => {$(
+    ($($block:ident: $single:ident, $tile:ident, $single_vnni:ident, $tile_vnni:ident;)*) => {$(
         #[target_feature(enable = "avx2,fma,f16c")]
         pub(crate) unsafe fn $single(row: &[u8], acts: &[BlockQ8]) -> f32 {
             blocks32::<$block, 1>(row, &[acts])[0]
@@ -192,15 +221,25 @@ macro_rules! block32_kernels {
         pub(crate) unsafe fn $tile(row: &[u8], acts: &[&[BlockQ8]; TILE]) -> [f32; TILE] {
             blocks32::<$block, TILE>(row, acts)
         }
+
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        pub(crate) unsafe fn $single_vnni(row: &[u8], acts: &[BlockQ8]) -> f32 {
+            blocks32_vnni::<$block, 1>(row, &[acts])[0]
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        pub(crate) unsafe fn $tile_vnni(row: &[u8], acts: &[&[BlockQ8]; TILE]) -> [f32; TILE] {
+            blocks32_vnni::<$block, TILE>(row, acts)
+        }
     )*};
 }
 
 block32_kernels! {
-    Q4_0: q4_0, q4_0_tile;
-    Q4_1: q4_1, q4_1_tile;
-    Q5_0: q5_0, q5_0_tile;
-    Q5_1: q5_1, q5_1_tile;
-    Q8_0: q8_0, q8_0_tile;
+    Q4_0: q4_0, q4_0_tile, q4_0_vnni, q4_0_tile_vnni;
+    Q4_1: q4_1, q4_1_tile, q4_1_vnni, q4_1_tile_vnni;
+    Q5_0: q5_0, q5_0_tile, q5_0_vnni, q5_0_tile_vnni;
+    Q5_1: q5_1, q5_1_tile, q5_1_vnni, q5_1_tile_vnni;
+    Q8_0: q8_0, q8_0_tile, q8_0_vnni, q8_0_tile_vnni;
 }
 
 /// `scale × Σ pairs(w × y)` for one 32-element sub-block, as 8 i32 lanes.
@@ -227,6 +266,8 @@ unsafe fn q4_k_blocks<const T: usize>(row: &[u8], acts: &[&[BlockQ8K]; T]) -> [f
     let mut acc = [_mm256_setzero_ps(); T];
     let mut min_terms = [0.0f32; T];
     for (i, b) in row.chunks_exact(BYTES).enumerate() {
+        prefetch_ahead(b);
+        prefetch_ahead(&b[64..]);
         // SAFETY (every get_unchecked below): i < n <= acts[t].len(), asserted above.
         let (scales, mins) = layout::unpack_k_scales(&b[SCALES..]);
         let mut isum = [_mm256_setzero_si256(); T];
@@ -335,6 +376,9 @@ unsafe fn q6_k_blocks<const T: usize>(row: &[u8], acts: &[&[BlockQ8K]; T]) -> [f
     let mut acc = [_mm256_setzero_ps(); T];
     let mut offset_terms = [0.0f32; T];
     for (i, b) in row.chunks_exact(BYTES).enumerate() {
+        prefetch_ahead(b);
+        prefetch_ahead(&b[64..]);
+        prefetch_ahead(&b[128..]);
         // SAFETY (every get_unchecked below): i < n <= acts[t].len(), asserted above.
         let scales: [i8; 16] = std::array::from_fn(|k| b[SCALES + k] as i8);
         let mut isum = [_mm256_setzero_si256(); T];
