@@ -1,4 +1,4 @@
-//! Matrix-vector (and one prefill) throughput per weight dtype at Qwen2.5-1.5B
+//! Matrix-vector and prefill (tile kernel) throughput per weight dtype at Qwen2.5-1.5B
 //! sizes, reported as GB/s of weight bytes read. Threads: rayon's global pool
 //! (set RAYON_NUM_THREADS=2 to compare with llama.cpp's `-t 2`).
 
@@ -63,7 +63,7 @@ fn prefill(c: &mut Criterion) {
     const TOKENS: usize = 32;
     let (rows, cols) = (8960, 1536);
     let mut group = c.benchmark_group(format!("prefill{TOKENS}_{rows}x{cols}"));
-    for dtype in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
         let len = dtype.byte_size(&[rows as u64, cols as u64]).unwrap() as usize;
         let bytes = weights(len);
         let w = WeightMatrix::new(dtype, rows, cols, &bytes).unwrap();

@@ -8,11 +8,14 @@
 //!   ½ · amax/127 · (1 + 1e-6) for Q8_K;
 //! - the scalar reference reads the blocks as `quant::dequantize` does (within
 //!   `1e-6 · (|w_i| + 2|offset_i|)`: float products may round in another order);
+//! - every AVX-VNNI kernel equals its AVX2 kernel bit for bit;
+//! - every multi-token (tile) kernel (AVX2 and AVX-VNNI) is, per token, within the same bound of the
+//!   scalar reference and bit-equal to its single-token kernel;
 //! - `matmul` over n tokens equals n single-token matmuls bit for bit, including
 //!   the dequantizing path of Q2_K/Q3_K;
 //! - on tensors of the real models every dtype they use meets the exact-dot bound.
 
-use apr_engine::kernels::dot::{self, Kernel, RowDot};
+use apr_engine::kernels::dot::{self, Kernel, RowDot, TileDot, TILE};
 use apr_engine::kernels::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use apr_engine::kernels::{matmul, WeightMatrix};
 use apr_engine::testing::models::{QWEN_0_5B, QWEN_1_5B, SMOLLM2};
@@ -203,6 +206,10 @@ fn assert_simd_matches_scalar(dtype: DType, row: &[u8], x: &[f32]) -> Result<(),
     let (want, got) = (call(scalar.dot, row, &acts), call(simd.dot, row, &acts));
     let bound = 1e-5 * magnitude(dtype, row, &acts.dequantized());
     prop_assert!((want - got).abs() <= bound, "{}: scalar {want} simd {got} bound {bound}", simd.name);
+    // The VNNI kernel, where this CPU has one, sums the same integers in one instruction.
+    if let Some(vnni) = dot::vnni_kernel(dtype) {
+        prop_assert_eq!(call(vnni.dot, row, &acts).to_bits(), got.to_bits(), "{} vs {}", vnni.name, simd.name);
+    }
     Ok(())
 }
 
@@ -264,6 +271,99 @@ per_dtype! {
     f32_dot: DType::F32, float_case(DType::F32);
     f16_dot: DType::F16, float_case(DType::F16);
     bf16_dot: DType::BF16, float_case(DType::BF16);
+}
+
+/// Each token's result of a kernel's [`TileDot`] is within the SIMD bound of the
+/// scalar reference on that token, and bit-equal to the kernel's own row dot.
+fn assert_tile_matches_scalar(dtype: DType, row: &[u8], xs: &[Vec<f32>]) -> Result<(), TestCaseError> {
+    for kernel in [dot::avx2_kernel(dtype), dot::vnni_kernel(dtype)].into_iter().flatten() {
+        assert_one_tile_matches_scalar(&kernel, dtype, row, xs)?;
+    }
+    Ok(())
+}
+
+fn assert_one_tile_matches_scalar(
+    kernel: &Kernel,
+    dtype: DType,
+    row: &[u8],
+    xs: &[Vec<f32>],
+) -> Result<(), TestCaseError> {
+    let Some(tile) = kernel.tile else { return Ok(()) };
+    let scalar = dot::scalar_kernel(dtype).unwrap();
+    let acts: Vec<Acts> = xs.iter().map(|x| Acts::for_kernel(kernel, x)).collect();
+    let got = match tile {
+        TileDot::Q8(f) => f(
+            row,
+            &std::array::from_fn(|t| match &acts[t] {
+                Acts::Q8(a) => &a[..],
+                _ => unreachable!("Q8 tile kernel"),
+            }),
+        ),
+        TileDot::Q8K(f) => f(
+            row,
+            &std::array::from_fn(|t| match &acts[t] {
+                Acts::Q8K(a) => &a[..],
+                _ => unreachable!("Q8_K tile kernel"),
+            }),
+        ),
+    };
+    for (t, a) in acts.iter().enumerate() {
+        let want = call(scalar.dot, row, a);
+        let bound = 1e-5 * magnitude(dtype, row, &a.dequantized());
+        prop_assert!(
+            (want - got[t]).abs() <= bound,
+            "{} tile token {t}: scalar {want} tile {} bound {bound}",
+            kernel.name,
+            got[t]
+        );
+        prop_assert_eq!(got[t].to_bits(), call(kernel.dot, row, a).to_bits(), "{} tile token {}", kernel.name, t);
+    }
+    Ok(())
+}
+
+/// A row of `dtype` and [`TILE`] tokens of activations for it.
+fn tile_case(dtype: DType, max_blocks: usize) -> impl Strategy<Value = (Vec<u8>, Vec<Vec<f32>>)> {
+    (1..=max_blocks).prop_flat_map(move |n| {
+        let bytes = prop::collection::vec(any::<u8>(), n * dtype.block_bytes());
+        let scales = prop::collection::vec(-2.0f32..2.0, 2 * n);
+        let x = prop::collection::vec(prop::collection::vec(-4.0f32..4.0, n * dtype.block_elems()), TILE);
+        (bytes, scales, x).prop_map(move |(b, s, x)| (random_blocks(dtype, &b, &s), x))
+    })
+}
+
+macro_rules! per_tile_dtype {
+    ($($test:ident: $dtype:expr, $blocks:expr;)*) => {
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 100, failure_persistence: None, ..ProptestConfig::default() })]
+            $(
+                #[test]
+                fn $test((row, xs) in tile_case($dtype, $blocks)) {
+                    assert_tile_matches_scalar($dtype, &row, &xs)?;
+                }
+            )*
+        }
+    };
+}
+
+per_tile_dtype! {
+    q4_0_tile: DType::Q4_0, 12;
+    q4_1_tile: DType::Q4_1, 12;
+    q5_0_tile: DType::Q5_0, 12;
+    q5_1_tile: DType::Q5_1, 12;
+    q8_0_tile: DType::Q8_0, 12;
+    q4_k_tile: DType::Q4_K, 4;
+    q5_k_tile: DType::Q5_K, 4;
+    q6_k_tile: DType::Q6_K, 4;
+}
+
+#[test]
+fn the_reference_models_dtypes_have_tile_kernels() {
+    if !dot::has_avx2() {
+        return;
+    }
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+        assert!(dot::best_kernel(dtype).unwrap().tile.is_some(), "{dtype} has no tile kernel");
+    }
 }
 
 /// A random `rows × cols` matrix of `dtype` (cols a multiple of its block).
@@ -331,6 +431,13 @@ proptest! {
 fn kernel_names_say_what_runs() {
     let name = apr_engine::kernels::kernel_name(DType::Q4_K);
     let expected = if dot::has_avx2() { "Q4_K×Q8_K avx2" } else { "Q4_K×Q8_K scalar" };
+    assert_eq!(name, expected);
+    let name = apr_engine::kernels::kernel_name(DType::Q8_0);
+    let expected = match (dot::has_avx_vnni(), dot::has_avx2()) {
+        (true, _) => "Q8_0×Q8_0 avx-vnni",
+        (false, true) => "Q8_0×Q8_0 avx2",
+        _ => "Q8_0×Q8_0 scalar",
+    };
     assert_eq!(name, expected);
     assert!(apr_engine::kernels::kernel_name(DType::Q3_K).contains("dequant"));
 }

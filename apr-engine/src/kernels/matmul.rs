@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::dot::{self, RowDot};
+use super::dot::{self, RowDot, TileDot, TILE};
 use super::layout::{QK, QK_K};
 use super::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::WeightMatrix;
@@ -28,17 +28,27 @@ pub fn matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
         out.fill(0.0);
         return;
     }
-    match dot::best_kernel(w.dtype).map(|k| k.dot) {
-        Some(RowDot::Q8(f)) => with_scratch(&Q8_SCRATCH, n_tokens * w.cols / QK, |acts| {
+    let Some(kernel) = dot::best_kernel(w.dtype) else {
+        return dequantizing_matmul(w, x, out);
+    };
+    match (kernel.dot, kernel.tile) {
+        (RowDot::Q8(f), tile) => with_scratch(&Q8_SCRATCH, n_tokens * w.cols / QK, |acts| {
             quantize_tokens(x, acts, quantize_q8);
-            run_chunks(w, acts, n_tokens, out, f);
+            let tile = match tile {
+                Some(TileDot::Q8(t)) => Some(t),
+                _ => None,
+            };
+            run_chunks(w, acts, n_tokens, out, f, tile);
         }),
-        Some(RowDot::Q8K(f)) => with_scratch(&Q8K_SCRATCH, n_tokens * w.cols / QK_K, |acts| {
+        (RowDot::Q8K(f), tile) => with_scratch(&Q8K_SCRATCH, n_tokens * w.cols / QK_K, |acts| {
             quantize_tokens(x, acts, quantize_q8k);
-            run_chunks(w, acts, n_tokens, out, f);
+            let tile = match tile {
+                Some(TileDot::Q8K(t)) => Some(t),
+                _ => None,
+            };
+            run_chunks(w, acts, n_tokens, out, f, tile);
         }),
-        Some(RowDot::Float(f)) => run_chunks(w, x, n_tokens, out, f),
-        None => dequantizing_matmul(w, x, out),
+        (RowDot::Float(f), _) => run_chunks(w, x, n_tokens, out, f, None),
     }
 }
 
@@ -103,15 +113,39 @@ impl SharedOut {
     }
 }
 
-fn run_chunks<A: Sync>(w: &WeightMatrix, acts: &[A], n_tokens: usize, out: &mut [f32], dot: fn(&[u8], &[A]) -> f32) {
+/// A kernel over [`TILE`] tokens at once.
+type TileFn<A> = fn(&[u8], &[&[A]; TILE]) -> [f32; TILE];
+
+/// Runs the row chunks in parallel; within a chunk, tokens go [`TILE`] at a time
+/// through `tile` (when the kernel has one) and the rest one at a time through `dot`.
+fn run_chunks<A: Sync>(
+    w: &WeightMatrix,
+    acts: &[A],
+    n_tokens: usize,
+    out: &mut [f32],
+    dot: fn(&[u8], &[A]) -> f32,
+    tile: Option<TileFn<A>>,
+) {
     let per_token = acts.len() / n_tokens;
+    let token = |t: usize| &acts[t * per_token..(t + 1) * per_token];
+    let tiled_tokens = if tile.is_some() { n_tokens / TILE * TILE } else { 0 };
     let chunk = rows_per_chunk(w);
     let shared = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
     (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let rows = c * chunk..((c + 1) * chunk).min(w.rows);
-        for (t, token) in acts.chunks_exact(per_token).enumerate() {
+        if let Some(tile) = tile {
+            for t0 in (0..tiled_tokens).step_by(TILE) {
+                let group: [&[A]; TILE] = std::array::from_fn(|k| token(t0 + k));
+                for r in rows.clone() {
+                    for (k, value) in tile(w.row(r), &group).into_iter().enumerate() {
+                        shared.write((t0 + k) * w.rows + r, value);
+                    }
+                }
+            }
+        }
+        for t in tiled_tokens..n_tokens {
             for r in rows.clone() {
-                shared.write(t * w.rows + r, dot(w.row(r), token));
+                shared.write(t * w.rows + r, dot(w.row(r), token(t)));
             }
         }
     });

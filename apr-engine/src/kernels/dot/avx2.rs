@@ -4,6 +4,7 @@
 
 use std::arch::x86_64::*;
 
+use super::TILE;
 use crate::kernels::layout::{self, u32_at};
 use crate::kernels::q8_act::{BlockQ8, BlockQ8K};
 
@@ -43,11 +44,16 @@ unsafe fn dot_u8_i8(a: __m256i, b: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
 }
 
-/// Σ signed × signed bytes: moves the sign of `a` onto `b` so `maddubs` applies.
+/// How far ahead of the block being read the weight stream is prefetched: far
+/// enough to cover DRAM latency at this kernel's rate, a few rows of a matvec.
+const PREFETCH_BYTES: usize = 2048;
+
+/// Asks for the weights `PREFETCH_BYTES` past `block` (past a row's end this is the
+/// next row of the chunk; beyond the matrix the hint is harmless: prefetches don't fault).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_i8_i8(a: __m256i, b: __m256i) -> __m256i {
-    dot_u8_i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+unsafe fn prefetch_ahead(block: &[u8]) {
+    _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
 }
 
 /// The 32 nibbles of 16 bytes: low nibbles in bytes 0..16, high in 16..32 (ggml's element order).
@@ -70,69 +76,170 @@ unsafe fn bits_to_bytes(bits: u32) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, all_but_own_bit), _mm256_set1_epi64x(-1))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q4_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
-    use layout::q4_0::*;
-    let mut acc = _mm256_setzero_ps();
-    for (b, y) in row.chunks_exact(BYTES).zip(acts) {
-        let w = _mm256_sub_epi8(nibbles(b[QS..].as_ptr()), _mm256_set1_epi8(8));
-        let d = _mm256_set1_ps(f16(b, 0) * y.d);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8_i8(w, load_acts(&y.qs))), acc);
+/// A 32-wide weight block type, unpacked to 32 bytes of weights and its f16 scale.
+trait Block32 {
+    const BYTES: usize;
+    /// Signed weights (Q4_0/Q5_0/Q8_0), or unsigned ones with an offset `m` (Q4_1/Q5_1).
+    const SIGNED: bool;
+    /// The block's weights as bytes and its scale `d`.
+    unsafe fn unpack(b: &[u8]) -> (__m256i, f32);
+    /// The offset `m` of the unsigned types (0 for signed ones).
+    unsafe fn offset(_b: &[u8]) -> f32 {
+        0.0
     }
-    hsum(acc)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q4_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
-    use layout::q4_1::*;
-    let mut acc = _mm256_setzero_ps();
-    let mut offsets = 0.0f32;
-    for (b, y) in row.chunks_exact(BYTES).zip(acts) {
-        let d = _mm256_set1_ps(f16(b, 0) * y.d);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(nibbles(b[QS..].as_ptr()), load_acts(&y.qs))), acc);
-        offsets += f16(b, M) * y.s;
+struct Q4_0;
+struct Q4_1;
+struct Q5_0;
+struct Q5_1;
+struct Q8_0;
+
+impl Block32 for Q4_0 {
+    const BYTES: usize = layout::q4_0::BYTES;
+    const SIGNED: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(b: &[u8]) -> (__m256i, f32) {
+        (_mm256_sub_epi8(nibbles(b[layout::q4_0::QS..].as_ptr()), _mm256_set1_epi8(8)), f16(b, 0))
     }
-    hsum(acc) + offsets
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q5_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
-    use layout::q5_0::*;
-    let mut acc = _mm256_setzero_ps();
-    for (b, y) in row.chunks_exact(BYTES).zip(acts) {
+impl Block32 for Q4_1 {
+    const BYTES: usize = layout::q4_1::BYTES;
+    const SIGNED: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(b: &[u8]) -> (__m256i, f32) {
+        (nibbles(b[layout::q4_1::QS..].as_ptr()), f16(b, 0))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn offset(b: &[u8]) -> f32 {
+        f16(b, layout::q4_1::M)
+    }
+}
+
+impl Block32 for Q5_0 {
+    const BYTES: usize = layout::q5_0::BYTES;
+    const SIGNED: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(b: &[u8]) -> (__m256i, f32) {
+        use layout::q5_0::*;
         // value - 16 = nibble | 0xF0 (as i8) where the fifth bit is clear, nibble where set.
         let clear_high = _mm256_andnot_si256(bits_to_bytes(u32_at(b, QH)), _mm256_set1_epi8(0xF0u8 as i8));
-        let w = _mm256_or_si256(nibbles(b[QS..].as_ptr()), clear_high);
-        let d = _mm256_set1_ps(f16(b, 0) * y.d);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8_i8(w, load_acts(&y.qs))), acc);
+        (_mm256_or_si256(nibbles(b[QS..].as_ptr()), clear_high), f16(b, 0))
     }
-    hsum(acc)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q5_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
-    use layout::q5_1::*;
-    let mut acc = _mm256_setzero_ps();
-    let mut offsets = 0.0f32;
-    for (b, y) in row.chunks_exact(BYTES).zip(acts) {
+impl Block32 for Q5_1 {
+    const BYTES: usize = layout::q5_1::BYTES;
+    const SIGNED: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(b: &[u8]) -> (__m256i, f32) {
+        use layout::q5_1::*;
         let high = _mm256_and_si256(bits_to_bytes(u32_at(b, QH)), _mm256_set1_epi8(0x10));
-        let w = _mm256_or_si256(nibbles(b[QS..].as_ptr()), high);
-        let d = _mm256_set1_ps(f16(b, 0) * y.d);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8_i8(w, load_acts(&y.qs))), acc);
-        offsets += f16(b, M) * y.s;
+        (_mm256_or_si256(nibbles(b[QS..].as_ptr()), high), f16(b, 0))
     }
-    hsum(acc) + offsets
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn offset(b: &[u8]) -> f32 {
+        f16(b, layout::q5_1::M)
+    }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q8_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
-    use layout::q8_0::*;
-    let mut acc = _mm256_setzero_ps();
-    for (b, y) in row.chunks_exact(BYTES).zip(acts) {
-        let d = _mm256_set1_ps(f16(b, 0) * y.d);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8_i8(load(b[QS..].as_ptr()), load_acts(&y.qs))), acc);
+impl Block32 for Q8_0 {
+    const BYTES: usize = layout::q8_0::BYTES;
+    const SIGNED: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(b: &[u8]) -> (__m256i, f32) {
+        (load(b[layout::q8_0::QS..].as_ptr()), f16(b, 0))
     }
-    hsum(acc)
+}
+
+/// Dots a row of 32-wide blocks with `T` tokens, unpacking each block once. For
+/// signed weights the sign moves onto the activations (`maddubs` and `dpbusd` want
+/// one operand unsigned); unsigned ones add `m · s` per block. `T = 1` is the
+/// matvec kernel. `$pair_dot` sums byte products in groups of four into i32 lanes.
+macro_rules! blocks32_fn {
+    ($name:ident, $features:literal, $pair_dot:ident) => {
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<B: Block32, const T: usize>(row: &[u8], acts: &[&[BlockQ8]; T]) -> [f32; T] {
+            let n = row.len() / B::BYTES;
+            assert!(acts.iter().all(|a| a.len() >= n), "fewer activation blocks than weight blocks");
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut offsets = [0.0f32; T];
+            for (i, b) in row.chunks_exact(B::BYTES).enumerate() {
+                prefetch_ahead(b);
+                let (w, d) = B::unpack(b);
+                let w_abs = if B::SIGNED { _mm256_sign_epi8(w, w) } else { w };
+                let m = B::offset(b);
+                for t in 0..T {
+                    // SAFETY: i < n <= acts[t].len(), asserted above.
+                    let y = acts[t].get_unchecked(i);
+                    let y_qs = load_acts(&y.qs);
+                    let y_qs = if B::SIGNED { _mm256_sign_epi8(y_qs, w) } else { y_qs };
+                    let products = _mm256_cvtepi32_ps($pair_dot(w_abs, y_qs));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), products, acc[t]);
+                    if !B::SIGNED {
+                        offsets[t] += m * y.s;
+                    }
+                }
+            }
+            let mut out = [0.0f32; T];
+            for t in 0..T {
+                out[t] = hsum(acc[t]) + offsets[t];
+            }
+            out
+        }
+    };
+}
+
+blocks32_fn!(blocks32, "avx2,fma,f16c", dot_u8_i8);
+blocks32_fn!(blocks32_vnni, "avx2,fma,f16c,avxvnni", dot_u8_i8_vnni);
+
+/// [`dot_u8_i8`] in one instruction (no i16 intermediate, so no bound on `a`;
+/// where `dot_u8_i8` does not saturate, the two agree exactly).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn dot_u8_i8_vnni(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b)
+}
+
+macro_rules! block32_kernels {
+    ($($block:ident: $single:ident, $tile:ident, $single_vnni:ident, $tile_vnni:ident;)*) => {$(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn $single(row: &[u8], acts: &[BlockQ8]) -> f32 {
+            blocks32::<$block, 1>(row, &[acts])[0]
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn $tile(row: &[u8], acts: &[&[BlockQ8]; TILE]) -> [f32; TILE] {
+            blocks32::<$block, TILE>(row, acts)
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        pub(crate) unsafe fn $single_vnni(row: &[u8], acts: &[BlockQ8]) -> f32 {
+            blocks32_vnni::<$block, 1>(row, &[acts])[0]
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        pub(crate) unsafe fn $tile_vnni(row: &[u8], acts: &[&[BlockQ8]; TILE]) -> [f32; TILE] {
+            blocks32_vnni::<$block, TILE>(row, acts)
+        }
+    )*};
+}
+
+block32_kernels! {
+    Q4_0: q4_0, q4_0_tile, q4_0_vnni, q4_0_tile_vnni;
+    Q4_1: q4_1, q4_1_tile, q4_1_vnni, q4_1_tile_vnni;
+    Q5_0: q5_0, q5_0_tile, q5_0_vnni, q5_0_tile_vnni;
+    Q5_1: q5_1, q5_1_tile, q5_1_vnni, q5_1_tile_vnni;
+    Q8_0: q8_0, q8_0_tile, q8_0_vnni, q8_0_tile_vnni;
 }
 
 /// `scale × Σ pairs(w × y)` for one 32-element sub-block, as 8 i32 lanes.
@@ -148,27 +255,55 @@ fn k_min_term(mins: &[u8; 8], y: &BlockQ8K) -> i32 {
     (0..8).map(|j| mins[j] as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32)).sum()
 }
 
+/// Q4_K against `T` tokens: each 64-element chunk's nibbles are split once.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q4_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
+unsafe fn q4_k_blocks<const T: usize>(row: &[u8], acts: &[&[BlockQ8K]; T]) -> [f32; T] {
     use layout::q4_k::*;
+    let n = row.len() / BYTES;
+    assert!(acts.iter().all(|a| a.len() >= n), "fewer activation blocks than weight blocks");
     let low4 = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut min_terms = 0.0f32;
-    for (b, y) in row.chunks_exact(BYTES).zip(acts) {
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut min_terms = [0.0f32; T];
+    for (i, b) in row.chunks_exact(BYTES).enumerate() {
+        prefetch_ahead(b);
+        prefetch_ahead(&b[64..]);
+        // SAFETY (every get_unchecked below): i < n <= acts[t].len(), asserted above.
         let (scales, mins) = layout::unpack_k_scales(&b[SCALES..]);
-        let mut isum = _mm256_setzero_si256();
+        let mut isum = [_mm256_setzero_si256(); T];
         for chunk in 0..4 {
             let bits = load(b[QS + 32 * chunk..].as_ptr());
             let lo = _mm256_and_si256(bits, low4);
             let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4);
-            let lo = scaled_sub_block(lo, &y.qs[64 * chunk..], scales[2 * chunk]);
-            let hi = scaled_sub_block(hi, &y.qs[64 * chunk + 32..], scales[2 * chunk + 1]);
-            isum = _mm256_add_epi32(isum, _mm256_add_epi32(lo, hi));
+            for t in 0..T {
+                let y = acts[t].get_unchecked(i);
+                let lo = scaled_sub_block(lo, &y.qs[64 * chunk..], scales[2 * chunk]);
+                let hi = scaled_sub_block(hi, &y.qs[64 * chunk + 32..], scales[2 * chunk + 1]);
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(lo, hi));
+            }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b, 0) * y.d), _mm256_cvtepi32_ps(isum), acc);
-        min_terms += f16(b, DMIN) * y.d * k_min_term(&mins, y) as f32;
+        let (d, dmin) = (f16(b, 0), f16(b, DMIN));
+        for t in 0..T {
+            let y = acts[t].get_unchecked(i);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            min_terms[t] += dmin * y.d * k_min_term(&mins, y) as f32;
+        }
     }
-    hsum(acc) - min_terms
+    let mut out = [0.0f32; T];
+    for t in 0..T {
+        out[t] = hsum(acc[t]) - min_terms[t];
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q4_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
+    q4_k_blocks::<1>(row, &[acts])[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q4_k_tile(row: &[u8], acts: &[&[BlockQ8K]; TILE]) -> [f32; TILE] {
+    q4_k_blocks::<TILE>(row, acts)
 }
 
 /// 16 in each byte whose bit `bit` is set in `high_bits`, else 0.
@@ -205,52 +340,86 @@ pub(crate) unsafe fn q5_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
     hsum(acc) - min_terms
 }
 
+/// The four 32-byte quarters of one 128-element half of a Q6_K block, as unsigned
+/// 6-bit values (0..64; the -32 offset is applied through the block sums).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q6_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
+unsafe fn q6_k_quarters(b: &[u8], half: usize) -> [__m256i; 4] {
     use layout::q6_k::*;
     let low4 = _mm256_set1_epi8(0x0F);
     let low2 = _mm256_set1_epi8(0x03);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset_terms = 0.0f32;
-    for (b, y) in row.chunks_exact(BYTES).zip(acts) {
+    let ql0 = load(b[QL + 64 * half..].as_ptr());
+    let ql1 = load(b[QL + 64 * half + 32..].as_ptr());
+    let qh = load(b[QH + 32 * half..].as_ptr());
+    // Bits 2k..2k+2 of qh, moved to bits 4..6, are the high bits of quarter k.
+    let high = [
+        _mm256_slli_epi16(_mm256_and_si256(qh, low2), 4),
+        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), low2), 4),
+        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), low2), 4),
+        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), low2), 4),
+    ];
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, low4), high[0]),
+        _mm256_or_si256(_mm256_and_si256(ql1, low4), high[1]),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), high[2]),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), high[3]),
+    ]
+}
+
+/// Q6_K against `T` tokens: each half's 6-bit values and scales are built once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_blocks<const T: usize>(row: &[u8], acts: &[&[BlockQ8K]; T]) -> [f32; T] {
+    use layout::q6_k::*;
+    let n = row.len() / BYTES;
+    assert!(acts.iter().all(|a| a.len() >= n), "fewer activation blocks than weight blocks");
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut offset_terms = [0.0f32; T];
+    for (i, b) in row.chunks_exact(BYTES).enumerate() {
+        prefetch_ahead(b);
+        prefetch_ahead(&b[64..]);
+        prefetch_ahead(&b[128..]);
+        // SAFETY (every get_unchecked below): i < n <= acts[t].len(), asserted above.
         let scales: [i8; 16] = std::array::from_fn(|k| b[SCALES + k] as i8);
-        let mut isum = _mm256_setzero_si256();
+        let mut isum = [_mm256_setzero_si256(); T];
         for half in 0..2 {
-            let ql0 = load(b[QL + 64 * half..].as_ptr());
-            let ql1 = load(b[QL + 64 * half + 32..].as_ptr());
-            let qh = load(b[QH + 32 * half..].as_ptr());
-            // Bits 2k..2k+2 of qh are the high bits of quarter k; values stay unsigned
-            // (0..64) and the -32 offset is applied through the block sums below.
-            let quarters = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, low2), 4)),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, low4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), low2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), low2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), low2), 4),
-                ),
-            ];
+            let quarters = q6_k_quarters(b, half);
             for (k, &w) in quarters.iter().enumerate() {
                 let group = 8 * half + 2 * k;
                 // 16-element groups: scale `group` for the low 128 bits, `group + 1` for the high.
                 let scale =
                     _mm256_set_m128i(_mm_set1_epi16(scales[group + 1] as i16), _mm_set1_epi16(scales[group] as i16));
-                let products = _mm256_maddubs_epi16(w, load_acts(&y.qs[128 * half + 32 * k..]));
-                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(scale, products));
+                for t in 0..T {
+                    let y = acts[t].get_unchecked(i);
+                    let products = _mm256_maddubs_epi16(w, load_acts(&y.qs[128 * half + 32 * k..]));
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(scale, products));
+                }
             }
         }
-        let d = f16(b, D) * y.d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
-        let offset: i32 = (0..16).map(|g| scales[g] as i32 * y.bsums[g] as i32).sum();
-        offset_terms += d * (32 * offset) as f32;
+        let d_w = f16(b, D);
+        for t in 0..T {
+            let y = acts[t].get_unchecked(i);
+            let d = d_w * y.d;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            let offset: i32 = (0..16).map(|g| scales[g] as i32 * y.bsums[g] as i32).sum();
+            offset_terms[t] += d * (32 * offset) as f32;
+        }
     }
-    hsum(acc) - offset_terms
+    let mut out = [0.0f32; T];
+    for t in 0..T {
+        out[t] = hsum(acc[t]) - offset_terms[t];
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q6_k(row: &[u8], acts: &[BlockQ8K]) -> f32 {
+    q6_k_blocks::<1>(row, &[acts])[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q6_k_tile(row: &[u8], acts: &[&[BlockQ8K]; TILE]) -> [f32; TILE] {
+    q6_k_blocks::<TILE>(row, acts)
 }
 
 /// Dot of the first `n` weights (8 at a time as f32 by the `|i| load` expression,

@@ -1,5 +1,5 @@
-//! Row dot products, chosen per weight dtype and CPU: AVX2/FMA/F16C when the
-//! CPU has them (detected at run time), the portable scalar versions otherwise.
+//! Row dot products, chosen per weight dtype and CPU: AVX-VNNI for the 32-wide
+//! types, AVX2/FMA/F16C when the CPU has them (detected at run time), the portable scalar versions otherwise.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -20,11 +20,28 @@ pub enum RowDot {
     Float(fn(&[u8], &[f32]) -> f32),
 }
 
+/// Tokens a [`TileDot`] handles per call.
+pub const TILE: usize = 8;
+
+/// A dot of one weight row with [`TILE`] tokens at once: each weight block is
+/// unpacked once and used for every token (the prefill kernel). Each result equals
+/// the kernel's [`RowDot`] on that token bit for bit (same operations, same order).
+#[derive(Clone, Copy)]
+pub enum TileDot {
+    Q8(Q8Tile),
+    Q8K(fn(&[u8], &[&[BlockQ8K]; TILE]) -> [f32; TILE]),
+}
+
+/// A tile kernel of the 32-wide types.
+pub type Q8Tile = fn(&[u8], &[&[BlockQ8]; TILE]) -> [f32; TILE];
+
 /// A selected kernel and its `--trace` name.
 #[derive(Clone, Copy)]
 pub struct Kernel {
     pub name: &'static str,
     pub dot: RowDot,
+    /// The multi-token form, where one exists (else prefill calls `dot` per token).
+    pub tile: Option<TileDot>,
 }
 
 /// The portable kernel for `dtype`, if it has a direct one (others dequantize rows).
@@ -44,7 +61,7 @@ pub fn scalar_kernel(dtype: DType) -> Option<Kernel> {
         DType::BF16 => ("BF16×F32 scalar", Float(scalar::bf16_row)),
         _ => return None,
     };
-    Some(Kernel { name, dot })
+    Some(Kernel { name, dot, tile: None })
 }
 
 /// True when this CPU runs the AVX2 kernels.
@@ -67,6 +84,16 @@ pub fn avx2_kernel(dtype: DType) -> Option<Kernel> {
         return None;
     }
     // SAFETY (every closure below): the CPU features these functions need were detected above.
+    let tile = match dtype {
+        DType::Q4_0 => Some(TileDot::Q8(|w, x| unsafe { avx2::q4_0_tile(w, x) })),
+        DType::Q4_1 => Some(TileDot::Q8(|w, x| unsafe { avx2::q4_1_tile(w, x) })),
+        DType::Q5_0 => Some(TileDot::Q8(|w, x| unsafe { avx2::q5_0_tile(w, x) })),
+        DType::Q5_1 => Some(TileDot::Q8(|w, x| unsafe { avx2::q5_1_tile(w, x) })),
+        DType::Q8_0 => Some(TileDot::Q8(|w, x| unsafe { avx2::q8_0_tile(w, x) })),
+        DType::Q4_K => Some(TileDot::Q8K(|w, x| unsafe { avx2::q4_k_tile(w, x) })),
+        DType::Q6_K => Some(TileDot::Q8K(|w, x| unsafe { avx2::q6_k_tile(w, x) })),
+        _ => None,
+    };
     let (name, dot) = match dtype {
         DType::Q4_0 => ("Q4_0×Q8_0 avx2", Q8(|w, x| unsafe { avx2::q4_0(w, x) })),
         DType::Q4_1 => ("Q4_1×Q8_1 avx2", Q8(|w, x| unsafe { avx2::q4_1(w, x) })),
@@ -81,7 +108,7 @@ pub fn avx2_kernel(dtype: DType) -> Option<Kernel> {
         DType::BF16 => ("BF16×F32 avx2", Float(|w, x| unsafe { avx2::bf16_row(w, x) })),
         _ => return None,
     };
-    Some(Kernel { name, dot })
+    Some(Kernel { name, dot, tile })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -89,10 +116,58 @@ pub fn avx2_kernel(_dtype: DType) -> Option<Kernel> {
     None
 }
 
+/// True when this CPU runs the AVX-VNNI kernels (AVX2 ones with `vpdpbusd`).
+pub fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2() && is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The AVX-VNNI kernel for `dtype`: the 32-wide types, whose AVX2 kernels spend a
+/// `maddubs` + `madd` pair per block that `vpdpbusd` does in one instruction.
+/// Results equal the AVX2 kernel's bit for bit (the integer sums are exact in both).
+#[cfg(target_arch = "x86_64")]
+pub fn vnni_kernel(dtype: DType) -> Option<Kernel> {
+    use RowDot::Q8;
+    if !has_avx_vnni() {
+        return None;
+    }
+    // SAFETY (every closure below): the CPU features these functions need were detected above.
+    let (name, dot, tile): (_, _, Q8Tile) = match dtype {
+        DType::Q4_0 => ("Q4_0×Q8_0 avx-vnni", Q8(|w, x| unsafe { avx2::q4_0_vnni(w, x) }), |w, x| unsafe {
+            avx2::q4_0_tile_vnni(w, x)
+        }),
+        DType::Q4_1 => ("Q4_1×Q8_1 avx-vnni", Q8(|w, x| unsafe { avx2::q4_1_vnni(w, x) }), |w, x| unsafe {
+            avx2::q4_1_tile_vnni(w, x)
+        }),
+        DType::Q5_0 => ("Q5_0×Q8_0 avx-vnni", Q8(|w, x| unsafe { avx2::q5_0_vnni(w, x) }), |w, x| unsafe {
+            avx2::q5_0_tile_vnni(w, x)
+        }),
+        DType::Q5_1 => ("Q5_1×Q8_1 avx-vnni", Q8(|w, x| unsafe { avx2::q5_1_vnni(w, x) }), |w, x| unsafe {
+            avx2::q5_1_tile_vnni(w, x)
+        }),
+        DType::Q8_0 => ("Q8_0×Q8_0 avx-vnni", Q8(|w, x| unsafe { avx2::q8_0_vnni(w, x) }), |w, x| unsafe {
+            avx2::q8_0_tile_vnni(w, x)
+        }),
+        _ => return None,
+    };
+    Some(Kernel { name, dot, tile: Some(TileDot::Q8(tile)) })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn vnni_kernel(_dtype: DType) -> Option<Kernel> {
+    None
+}
+
 /// The fastest kernel this CPU has for `dtype`; `None` for dtypes that take the
 /// dequantize-a-row path (Q2_K, Q3_K and the non-weight types).
 pub fn best_kernel(dtype: DType) -> Option<Kernel> {
-    avx2_kernel(dtype).or_else(|| scalar_kernel(dtype))
+    vnni_kernel(dtype).or_else(|| avx2_kernel(dtype)).or_else(|| scalar_kernel(dtype))
 }
 
 /// Dot of two f32 slices with the fastest available code.
