@@ -1,5 +1,7 @@
-//! Writes the seed corpora: small valid files from our own writers, plus the
-//! head (header and leading metadata) of the real Qwen 0.5B GGUF.
+//! Writes the seed corpora into `fuzz/seeds/<target>/`: small valid files
+//! from our own writers, plus the head (header and leading metadata) of the
+//! real Qwen 0.5B GGUF. The fuzzer reads them as a second corpus directory and
+//! writes its own finds to the (ignored) `fuzz/corpus/<target>/`.
 //!
 //! `cargo run --manifest-path fuzz/Cargo.toml --example seeds` (from the repo root).
 
@@ -18,16 +20,21 @@ type Writer = fn(&Path, &dyn TensorSource, WriteOptions, Progress) -> apr_engine
 const REAL_HEAD_BYTES: usize = 64 * 1024;
 
 fn main() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
     let writers: [(&str, &str, Writer); 3] =
         [("gguf", "gguf", gguf::write), ("apr", "apr", apr::write), ("safetensors", "safetensors", safetensors::write)];
     for (target, ext, write) in writers {
         let dir = corpus.join(target);
         std::fs::create_dir_all(&dir).expect("corpus directory");
         for (name, source) in sources(target) {
+            // Written apart and copied: the SafeTensors writer adds Hugging Face
+            // JSON companions beside its file, which are no seeds for the reader.
+            let scratch = tempfile::tempdir().expect("temporary directory");
+            let written = scratch.path().join(format!("model.{ext}"));
+            write(&written, &source, WriteOptions::default(), &mut |_| {}).expect("writer accepts the seed");
             let path = dir.join(format!("seed-{name}.{ext}"));
-            write(&path, &source, WriteOptions { force: true }, &mut |_| {}).expect("writer accepts the seed");
-            println!("{} ({} bytes)", path.display(), std::fs::metadata(&path).expect("written").len());
+            let len = std::fs::copy(&written, &path).expect("seed copied");
+            println!("{} ({len} bytes)", path.display());
         }
     }
     let head = real_gguf_head();
