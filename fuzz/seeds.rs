@@ -34,6 +34,7 @@ fn main() {
             write(&written, &source, WriteOptions::default(), &mut |_| {}).expect("writer accepts the seed");
             let path = dir.join(format!("seed-{name}.{ext}"));
             let len = std::fs::copy(&written, &path).expect("seed copied");
+            check_seed(target, &path, source.specs.len());
             println!("{} ({len} bytes)", path.display());
         }
     }
@@ -116,6 +117,27 @@ fn every_type_metadata() -> Metadata {
     };
     m.insert("a.nested", nested);
     m
+}
+
+/// A seed is only useful if the reader accepts it whole.
+fn check_seed(target: &str, path: &Path, tensors: usize) {
+    let bytes = std::fs::read(path).expect("seed readable");
+    let parsed = match target {
+        "gguf" => gguf::parse(&bytes),
+        "apr" => apr::parse(&bytes),
+        _ => safetensors::parse(&bytes),
+    }
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(parsed.tensors.len(), tensors, "{}", path.display());
+    apr_fuzz::check_invariants(reader(target), &bytes, &parsed);
+}
+
+fn reader(target: &str) -> apr_fuzz::Reader {
+    match target {
+        "gguf" => apr_fuzz::Reader::Gguf,
+        "apr" => apr_fuzz::Reader::Apr,
+        _ => apr_fuzz::Reader::SafeTensors,
+    }
 }
 
 fn real_gguf_head() -> Vec<u8> {
