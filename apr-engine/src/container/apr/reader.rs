@@ -216,7 +216,14 @@ fn place_tensors(bytes: &[u8], h: &Header, body_end: u64, entries: Vec<Entry>) -
         })?;
         // `end` fits in the data section, so aligning it cannot overflow.
         let padded = align_up(end).unwrap_or(u64::MAX);
-        check_zero(bytes, h.data_offset + end, h.data_offset + padded.min(data_len), "tensor padding")?;
+        if padded > data_len {
+            // Found by fuzzing: reported later as a "data section" error, its offset was past the file.
+            let reason = format!(
+                "tensor ends at {end} but the data section ({data_len} bytes) ends before its zero padding to {padded}"
+            );
+            return Err(ParseError::new(format!("tensor '{}' padding", e.name), h.data_offset + end, reason));
+        }
+        check_zero(bytes, h.data_offset + end, h.data_offset + padded, "tensor padding")?;
         expected_start = padded;
     }
     if expected_start != data_len {
