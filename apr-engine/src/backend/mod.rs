@@ -2,7 +2,9 @@
 //! decision 4). The forward pass never does arithmetic itself.
 
 pub mod cpu;
+pub mod reference;
 
+use crate::error::{Error, Result};
 use crate::kernels::WeightMatrix;
 use crate::model::weights::RopeStyle;
 
@@ -38,4 +40,26 @@ pub trait Backend: Send + Sync {
 
     /// `x += y`, elementwise.
     fn add(&self, x: &mut [f32], y: &[f32]);
+}
+
+/// The backends a command line can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// SIMD kernels over quantized blocks (the default).
+    Cpu,
+    /// Dequantize-and-dot in f64: the slow reference the fast kernels are diffed against.
+    CpuReference,
+    /// Not built into this binary yet.
+    Cuda,
+}
+
+impl BackendKind {
+    pub fn create(self) -> Result<Box<dyn Backend>> {
+        match self {
+            BackendKind::Cpu => Ok(Box::new(cpu::Cpu)),
+            BackendKind::CpuReference => Ok(Box::new(reference::CpuReference)),
+            BackendKind::Cuda => Err(Error::Unsupported("the CUDA backend is not built into this binary".into())),
+        }
+    }
 }

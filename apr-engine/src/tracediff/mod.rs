@@ -18,7 +18,7 @@ use serde::Serialize;
 pub use capture::{BoundaryDiff, Tolerance};
 pub use classify::Classification;
 
-use crate::backend::cpu::Cpu;
+use crate::backend::BackendKind;
 use crate::container::ModelFile;
 use crate::diff::stats::DiffMetrics;
 use crate::error::{Error, Result};
@@ -36,10 +36,16 @@ pub struct Side {
 }
 
 impl Side {
+    /// Opens a model on the default (SIMD CPU) backend.
     pub fn open(path: &Path) -> Result<Side> {
+        Side::open_on(path, BackendKind::Cpu)
+    }
+
+    /// Opens a model on `backend`: the same file on two backends is a comparison too.
+    pub fn open_on(path: &Path, backend: BackendKind) -> Result<Side> {
         let file = ModelFile::open(path)?;
         let tokenizer = Tokenizer::from_metadata(file.metadata()).map_err(|e| e.to_string());
-        Ok(Side { model: Model::load(file, Box::new(Cpu))?, tokenizer })
+        Ok(Side { model: Model::load(file, backend.create()?)?, tokenizer })
     }
 
     fn text(&self, token: u32) -> String {
@@ -61,6 +67,8 @@ pub struct TraceDiffOptions {
     /// Compare every boundary's activations, not only the logits.
     pub trace_tensors: bool,
     pub tolerance: Tolerance,
+    pub reference_backend: BackendKind,
+    pub candidate_backend: BackendKind,
     /// Test-only engine hook: a fault injected into the candidate's KV cache.
     #[doc(hidden)]
     pub candidate_kv_fault: Option<KvFault>,
@@ -75,6 +83,8 @@ impl TraceDiffOptions {
             max_tokens: 16,
             trace_tensors: false,
             tolerance: Tolerance::default(),
+            reference_backend: BackendKind::Cpu,
+            candidate_backend: BackendKind::Cpu,
             candidate_kv_fault: None,
         }
     }
@@ -151,6 +161,8 @@ pub struct TraceDiffReport {
     pub schema: &'static str,
     pub reference: PathBuf,
     pub candidate: PathBuf,
+    pub reference_backend: String,
+    pub candidate_backend: String,
     pub tolerance: Tolerance,
     pub trace_tensors: bool,
     pub prompt_tokens: Vec<u32>,
@@ -169,8 +181,11 @@ pub struct TraceDiffReport {
 /// Opens both models and runs [`trace_diff`]. A candidate that cannot be
 /// loaded is itself a finding (diverged at position 0), not an error.
 pub fn trace_diff_paths(reference: &Path, candidate: &Path, options: &TraceDiffOptions) -> Result<TraceDiffReport> {
-    let reference_side = Side::open(reference)?;
-    match Side::open(candidate) {
+    let reference_side = Side::open_on(reference, options.reference_backend)?;
+    if options.candidate_backend == BackendKind::Cuda {
+        BackendKind::Cuda.create()?; // an absent backend is an error, never a pass
+    }
+    match Side::open_on(candidate, options.candidate_backend) {
         Ok(candidate_side) => trace_diff(&reference_side, &candidate_side, options),
         Err(load_error) => Ok(unloadable_candidate(&reference_side, candidate, load_error, options)),
     }
@@ -189,6 +204,8 @@ fn unloadable_candidate(
         schema: SCHEMA,
         reference: reference.model.file.path.clone(),
         candidate: candidate.to_path_buf(),
+        reference_backend: reference.model.backend_name().to_string(),
+        candidate_backend: format!("{:?}", o.candidate_backend).to_lowercase(),
         tolerance: o.tolerance,
         trace_tensors: o.trace_tensors,
         prompt_tokens: Vec::new(),
@@ -301,6 +318,8 @@ fn report(
         schema: SCHEMA,
         reference: reference.model.file.path.clone(),
         candidate: candidate.model.file.path.clone(),
+        reference_backend: reference.model.backend_name().to_string(),
+        candidate_backend: candidate.model.backend_name().to_string(),
         tolerance: options.tolerance,
         trace_tensors: options.trace_tensors,
         prompt_tokens: prompt,
@@ -429,11 +448,17 @@ impl<'a> Lockstep<'a> {
             }
             f.positions_compared += 1;
             f.max_logit_diff = f.max_logit_diff.max(logits.metrics.max_abs_diff);
-            let mut within = logits.within(&self.options.tolerance) && r1 == c1;
+            // A different top-1 counts unless the two leaders are tied within
+            // the logits tolerance in the reference itself (near-ties flip).
+            let top1_ok = r1 == c1
+                || ref_row
+                    .get(c1 as usize)
+                    .is_some_and(|&l| ref_row[r1 as usize] - l <= self.options.tolerance.logits_max_abs as f32);
+            let mut within = logits.within(&self.options.tolerance) && top1_ok;
             let at_position = boundary_diffs.iter().filter(|d| d.position == position).chain(std::iter::once(&logits));
             for d in at_position {
                 f.all_exact &= d.is_exact();
-                let ok = d.within(&self.options.tolerance) && (d.boundary != Boundary::Logits || r1 == c1);
+                let ok = d.within(&self.options.tolerance) && (d.boundary != Boundary::Logits || top1_ok);
                 within &= ok;
                 if !ok && f.first.is_none() {
                     f.first = Some(d.clone());

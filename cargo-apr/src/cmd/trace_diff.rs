@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use apr_engine::backend::BackendKind;
 use apr_engine::tracediff::{trace_diff_paths, BoundaryDiff, Tolerance, TraceDiffOptions, TraceDiffReport};
 
 use super::prompt_args::PromptArgs;
@@ -22,8 +23,33 @@ pub struct Args {
     /// Comma-separated limits, e.g. `logits=1.0,nmse=1e-2,cosine=0.99`.
     #[arg(long, value_parser = parse_tolerance, default_value = "logits=1.0,nmse=1e-2,cosine=0.99")]
     tolerance: Tolerance,
+    /// Backend of the reference model.
+    #[arg(long, value_enum, default_value = "cpu")]
+    reference_backend: BackendArg,
+    /// Backend of the candidate (diff one file on two backends by naming it twice).
+    #[arg(long, value_enum, default_value = "cpu")]
+    candidate_backend: BackendArg,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum BackendArg {
+    /// SIMD kernels over the quantized blocks.
+    Cpu,
+    /// Dequantize-and-dot in f64, the slow reference.
+    CpuReference,
+    Cuda,
+}
+
+impl From<BackendArg> for BackendKind {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Cpu => BackendKind::Cpu,
+            BackendArg::CpuReference => BackendKind::CpuReference,
+            BackendArg::Cuda => BackendKind::Cuda,
+        }
+    }
 }
 
 pub fn parse_tolerance(text: &str) -> Result<Tolerance, String> {
@@ -45,6 +71,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let options = TraceDiffOptions {
         trace_tensors: args.trace_tensors,
         tolerance: args.tolerance,
+        reference_backend: args.reference_backend.into(),
+        candidate_backend: args.candidate_backend.into(),
         ..args.prompt.options(args.max_tokens)
     };
     let report = trace_diff_paths(&args.reference, &args.candidate, &options)?;
@@ -58,7 +86,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
 
 /// The token table, the first divergence and the verdict with its evidence.
 pub fn render(r: &TraceDiffReport) -> String {
-    let mut out = format!("reference: {}\ncandidate: {}\n", r.reference.display(), r.candidate.display());
+    let mut out = format!(
+        "reference: {} ({})\ncandidate: {} ({})\n",
+        r.reference.display(),
+        r.reference_backend,
+        r.candidate.display(),
+        r.candidate_backend
+    );
     out += &format!("prompt: {} tokens\n", r.prompt_tokens.len());
     out += &format!("{:>5}  {:<28} {:<28} {}\n", "pos", "reference", "candidate", "status");
     for t in &r.tokens {
