@@ -36,6 +36,8 @@ pub mod q3_k {
 
 /// Byte offsets inside a Q4_K block (144 bytes): 8 sub-blocks of 32.
 pub mod q4_k {
+    /// Bytes in one block.
+    pub const BYTES: usize = 144;
     pub const D: usize = 0;
     pub const DMIN: usize = 2;
     /// 12 bytes of 6-bit scales and mins (see [`super::k4_scale_min`]).
@@ -46,6 +48,8 @@ pub mod q4_k {
 
 /// Byte offsets inside a Q5_K block (176 bytes): 8 sub-blocks of 32.
 pub mod q5_k {
+    /// Bytes in one block.
+    pub const BYTES: usize = 176;
     pub const D: usize = 0;
     pub const DMIN: usize = 2;
     pub const SCALES: usize = 4;
@@ -57,6 +61,8 @@ pub mod q5_k {
 
 /// Byte offsets inside a Q6_K block (210 bytes): 16 sub-blocks of 16.
 pub mod q6_k {
+    /// Bytes in one block.
+    pub const BYTES: usize = 210;
     /// 128 bytes of low nibbles (see [`super::q6_k_quant`]).
     pub const QL: usize = 0;
     /// 64 bytes of high 2-bit pairs.

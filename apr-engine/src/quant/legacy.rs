@@ -13,6 +13,8 @@ pub const QK: usize = 32;
 
 /// Byte offsets inside a Q4_0 block (18 bytes).
 pub mod q4_0 {
+    /// Bytes in one block.
+    pub const BYTES: usize = 18;
     /// f16 scale.
     pub const D: usize = 0;
     /// 16 bytes: element j in the low nibble of byte j, element j+16 in its high nibble.
@@ -21,6 +23,8 @@ pub mod q4_0 {
 
 /// Byte offsets inside a Q4_1 block (20 bytes).
 pub mod q4_1 {
+    /// Bytes in one block.
+    pub const BYTES: usize = 20;
     pub const D: usize = 0;
     /// f16 minimum, added after scaling.
     pub const M: usize = 2;
@@ -29,6 +33,8 @@ pub mod q4_1 {
 
 /// Byte offsets inside a Q5_0 block (22 bytes).
 pub mod q5_0 {
+    /// Bytes in one block.
+    pub const BYTES: usize = 22;
     pub const D: usize = 0;
     /// u32 little-endian: bit j is the fifth bit of element j.
     pub const QH: usize = 2;
@@ -37,6 +43,8 @@ pub mod q5_0 {
 
 /// Byte offsets inside a Q5_1 block (24 bytes).
 pub mod q5_1 {
+    /// Bytes in one block.
+    pub const BYTES: usize = 24;
     pub const D: usize = 0;
     pub const M: usize = 2;
     pub const QH: usize = 4;
@@ -45,6 +53,8 @@ pub mod q5_1 {
 
 /// Byte offsets inside a Q8_0 block (34 bytes).
 pub mod q8_0 {
+    /// Bytes in one block.
+    pub const BYTES: usize = 34;
     pub const D: usize = 0;
     /// 32 int8 quants.
     pub const QS: usize = 2;
@@ -52,6 +62,8 @@ pub mod q8_0 {
 
 /// Byte offsets inside a Q8_1 block (36 bytes).
 pub mod q8_1 {
+    /// Bytes in one block.
+    pub const BYTES: usize = 36;
     pub const D: usize = 0;
     /// f16 of `d * sum(qs)`, used by dot products only.
     pub const S: usize = 2;
