@@ -26,11 +26,6 @@ fn main() -> anyhow::Result<()> {
     )?;
     println!("generated {:?}", tokenizer.decode(&out.tokens));
     let trace = tracer.finish(&pipeline.model);
-    for step in &trace.steps {
-        println!("{}", render::step_line(step, trace.model.layers));
-    }
-    if let Some(last) = trace.steps.last() {
-        println!("{}", render::step_report(last, trace.model.layers, trace.level));
-    }
+    print!("{}", render::run_report(&trace.steps, trace.model.layers, trace.level));
     Ok(())
 }

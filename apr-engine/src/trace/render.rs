@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{KernelUse, StepTrace, TraceLevel};
+use super::{KernelUse, LayerTiming, StepTrace, TraceLevel};
 
 /// `[TRACE] pos=14: 28 layers took 6.7 ms` (a prefill call names its range).
 pub fn step_line(step: &StepTrace, layers: usize) -> String {
@@ -24,11 +24,25 @@ pub fn kernel_lines(kernels: &[KernelUse]) -> String {
     out
 }
 
-/// The per-layer table of one call: attention, FFN, norm and total ms.
-pub fn layer_table(step: &StepTrace) -> String {
+/// The per-layer table of a run: attention, FFN, norm and total ms, summed
+/// over every call (prefill and each decoded token).
+pub fn layer_table(steps: &[StepTrace]) -> String {
+    let mut totals: Vec<LayerTiming> = Vec::new();
+    for l in steps.iter().flat_map(|s| &s.layers) {
+        if totals.len() <= l.layer {
+            totals.resize_with(l.layer + 1, LayerTiming::default);
+        }
+        let t = &mut totals[l.layer];
+        t.layer = l.layer;
+        t.attention_ms += l.attention_ms;
+        t.ffn_ms += l.ffn_ms;
+        t.norm_ms += l.norm_ms;
+        t.total_ms += l.total_ms;
+    }
     let mut out = String::new();
+    let _ = writeln!(out, "[TRACE] per layer over {} calls:", steps.len());
     let _ = writeln!(out, "{:>5} {:>12} {:>9} {:>9} {:>9}", "layer", "attention ms", "ffn ms", "norm ms", "total ms");
-    for l in &step.layers {
+    for l in &totals {
         let _ = writeln!(
             out,
             "{:>5} {:>12.3} {:>9.3} {:>9.3} {:>9.3}",
@@ -68,15 +82,19 @@ pub fn payload_table(step: &StepTrace) -> String {
     out
 }
 
-/// Everything a level prints for one call.
-pub fn step_report(step: &StepTrace, layers: usize, level: TraceLevel) -> String {
-    let mut out = step_line(step, layers);
-    out.push('\n');
-    if level >= TraceLevel::Layer {
-        out.push_str(&layer_table(step));
+/// Everything a level prints for a run: a line per call (with its payload
+/// statistics at that level), then the per-layer table.
+pub fn run_report(steps: &[StepTrace], layers: usize, level: TraceLevel) -> String {
+    let mut out = String::new();
+    for step in steps {
+        out.push_str(&step_line(step, layers));
+        out.push('\n');
+        if level >= TraceLevel::Payload {
+            out.push_str(&payload_table(step));
+        }
     }
-    if level >= TraceLevel::Payload {
-        out.push_str(&payload_table(step));
+    if level >= TraceLevel::Layer {
+        out.push_str(&layer_table(steps));
     }
     out
 }

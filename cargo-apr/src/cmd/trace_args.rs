@@ -48,14 +48,13 @@ impl TraceArgs {
         self.level().map(|level| Tracer::new(level, &model.config))
     }
 
-    /// Prints the traced calls to stderr (when a trace was asked for on the terminal).
+    /// Prints the traced calls to stderr, and the per-layer table of the run
+    /// (or of the chat turn), when a trace was asked for.
     pub fn print_steps(&self, model: &Model, level: TraceLevel, steps: &[StepTrace]) {
         if !(self.trace || self.trace_level.is_some() || self.trace_payload) {
             return;
         }
-        for step in steps {
-            eprint!("{}", render::step_report(step, model.config.layers, level));
-        }
+        eprint!("{}", render::run_report(steps, model.config.layers, level));
     }
 
     /// After a run: kernel lines, the roofline and the JSON file.
