@@ -5,7 +5,6 @@
 //! first 8 generated tokens of every reference prompt. And a Llama model runs.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use apr_engine::container::{FormatKind, ModelFile};
 use apr_engine::convert::{convert, ConvertOptions, DTypeChoice};
@@ -16,31 +15,13 @@ use apr_engine::testing::models::{QWEN_0_5B, SMOLLM2};
 use apr_engine::DType;
 use serde_json::Value;
 
-/// Conversions of the 0.5B, made once for this test binary.
-struct Converted {
-    _dir: tempfile::TempDir,
-    apr_kept: PathBuf,
-    apr_f32: PathBuf,
-    safetensors_f32: PathBuf,
-}
-
-fn converted() -> &'static Converted {
-    static CONVERTED: OnceLock<Converted> = OnceLock::new();
-    CONVERTED.get_or_init(|| {
-        let original = ModelFile::open(QWEN_0_5B.require()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let make = |name: &str, to, dtype| {
-            let path = dir.path().join(name);
-            convert(&original, &path, ConvertOptions { to, dtype, force: false }, &mut |_| {}).unwrap();
-            path
-        };
-        Converted {
-            apr_kept: make("kept.apr", FormatKind::Apr, DTypeChoice::Keep),
-            apr_f32: make("f32.apr", FormatKind::Apr, DTypeChoice::To(DType::F32)),
-            safetensors_f32: make("model.safetensors", FormatKind::SafeTensors, DTypeChoice::To(DType::F32)),
-            _dir: dir,
-        }
-    })
+/// The 0.5B converted to `name` in `dir` (a per-test temporary directory,
+/// removed when the test ends: these files are gigabytes).
+fn convert_into(dir: &Path, name: &str, to: FormatKind, dtype: DTypeChoice) -> PathBuf {
+    let original = ModelFile::open(QWEN_0_5B.require()).unwrap();
+    let path = dir.join(name);
+    convert(&original, &path, ConvertOptions { to, dtype, force: false }, &mut |_| {}).unwrap();
+    path
 }
 
 /// The reference prompts and llama.cpp's greedy tokens for them.
@@ -78,8 +59,10 @@ fn run_all(path: &Path, max_tokens: usize) -> Vec<(Vec<u32>, Vec<f32>)> {
 
 #[test]
 fn apr_with_quantized_blocks_kept_equals_gguf_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let apr_kept = convert_into(dir.path(), "kept.apr", FormatKind::Apr, DTypeChoice::Keep);
     let gguf = run_all(&QWEN_0_5B.require(), 16);
-    let apr = run_all(&converted().apr_kept, 16);
+    let apr = run_all(&apr_kept, 16);
     for (((tokens_g, logits_g), (tokens_a, logits_a)), (question, _)) in gguf.iter().zip(&apr).zip(reference_prompts())
     {
         assert_eq!(tokens_g, tokens_a, "{question:?}: tokens");
@@ -89,9 +72,12 @@ fn apr_with_quantized_blocks_kept_equals_gguf_bit_for_bit() {
 
 #[test]
 fn safetensors_f32_and_apr_f32_agree_and_follow_the_gguf() {
-    let c = converted();
-    let safetensors = run_all(c.safetensors_f32.parent().unwrap(), 8);
-    let apr = run_all(&c.apr_f32, 8);
+    let dir = tempfile::tempdir().unwrap();
+    let f32 = DTypeChoice::To(DType::F32);
+    let apr_f32 = convert_into(dir.path(), "f32.apr", FormatKind::Apr, f32);
+    convert_into(dir.path(), "model.safetensors", FormatKind::SafeTensors, f32);
+    let safetensors = run_all(dir.path(), 8);
+    let apr = run_all(&apr_f32, 8);
     for (((tokens_s, logits_s), (tokens_a, logits_a)), (question, reference)) in
         safetensors.iter().zip(&apr).zip(reference_prompts())
     {
