@@ -11,21 +11,19 @@ use anyhow::{bail, Context};
 use apr_engine::testing::manifest::{hf_hub_cache, DeclaredModel, Source};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::workspace::Workspace;
+use super::workspace::PackageArgs;
 use crate::exit;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Models to fetch, by declared name (default: all the covered packages declare).
     names: Vec<String>,
-    #[arg(short = 'p', long = "package")]
-    packages: Vec<String>,
-    #[arg(long)]
-    manifest_path: Option<PathBuf>,
+    #[command(flatten)]
+    selection: PackageArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let workspace = Workspace::load(args.manifest_path.as_deref(), &args.packages)?;
+    let workspace = args.selection.load()?;
     let models = workspace.models()?;
     if models.is_empty() {
         bail!("no models declared: add them under [package.metadata.apr.models] in Cargo.toml");

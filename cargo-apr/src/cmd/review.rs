@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use apr_engine::testing::golden::{differences, Golden};
 
-use super::workspace::Workspace;
+use super::workspace::PackageArgs;
 use crate::exit;
 
 #[derive(clap::Args)]
@@ -18,14 +18,12 @@ pub struct Args {
     /// Delete every pending snapshot.
     #[arg(long)]
     reject: bool,
-    #[arg(short = 'p', long = "package")]
-    packages: Vec<String>,
-    #[arg(long)]
-    manifest_path: Option<PathBuf>,
+    #[command(flatten)]
+    selection: PackageArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let workspace = Workspace::load(args.manifest_path.as_deref(), &args.packages)?;
+    let workspace = args.selection.load()?;
     let mut pending = Vec::new();
     for dir in workspace.package_dirs() {
         find_pending(&dir, &mut pending);

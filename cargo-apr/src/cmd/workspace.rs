@@ -70,3 +70,19 @@ impl Workspace {
         self.packages().iter().filter_map(|p| p.manifest_path.parent().map(|d| d.as_std_path().to_path_buf())).collect()
     }
 }
+
+/// The package selection shared by `test`, `fetch` and `review`.
+#[derive(clap::Args, Debug)]
+pub struct PackageArgs {
+    /// Only these packages (default: the workspace's default members).
+    #[arg(short = 'p', long = "package")]
+    packages: Vec<String>,
+    #[arg(long)]
+    manifest_path: Option<std::path::PathBuf>,
+}
+
+impl PackageArgs {
+    pub fn load(&self) -> anyhow::Result<Workspace> {
+        Workspace::load(self.manifest_path.as_deref(), &self.packages)
+    }
+}
