@@ -210,6 +210,11 @@ fn assert_simd_matches_scalar(dtype: DType, row: &[u8], x: &[f32]) -> Result<(),
     if let Some(vnni) = dot::vnni_kernel(dtype) {
         prop_assert_eq!(call(vnni.dot, row, &acts).to_bits(), got.to_bits(), "{} vs {}", vnni.name, simd.name);
     }
+    // The AVX-512 kernel sums the same exact integers but in 16 float lanes, not 8.
+    if let Some(wide) = dot::avx512_kernel(dtype) {
+        let wide_got = call(wide.dot, row, &acts);
+        prop_assert!((want - wide_got).abs() <= bound, "{}: scalar {want} simd {wide_got} bound {bound}", wide.name);
+    }
     Ok(())
 }
 
@@ -276,7 +281,8 @@ per_dtype! {
 /// Each token's result of a kernel's [`TileDot`] is within the SIMD bound of the
 /// scalar reference on that token, and bit-equal to the kernel's own row dot.
 fn assert_tile_matches_scalar(dtype: DType, row: &[u8], xs: &[Vec<f32>]) -> Result<(), TestCaseError> {
-    for kernel in [dot::avx2_kernel(dtype), dot::vnni_kernel(dtype)].into_iter().flatten() {
+    let kernels = [dot::avx2_kernel(dtype), dot::vnni_kernel(dtype), dot::avx512_kernel(dtype)];
+    for kernel in kernels.into_iter().flatten() {
         assert_one_tile_matches_scalar(&kernel, dtype, row, xs)?;
     }
     Ok(())
@@ -430,7 +436,11 @@ proptest! {
 #[test]
 fn kernel_names_say_what_runs() {
     let name = apr_engine::kernels::kernel_name(DType::Q4_K);
-    let expected = if dot::has_avx2() { "Q4_K×Q8_K avx2" } else { "Q4_K×Q8_K scalar" };
+    let expected = match (dot::has_avx512_vnni(), dot::has_avx2()) {
+        (true, _) => "Q4_K×Q8_K avx512-vnni",
+        (false, true) => "Q4_K×Q8_K avx2",
+        _ => "Q4_K×Q8_K scalar",
+    };
     assert_eq!(name, expected);
     let name = apr_engine::kernels::kernel_name(DType::Q8_0);
     let expected = match (dot::has_avx_vnni(), dot::has_avx2()) {

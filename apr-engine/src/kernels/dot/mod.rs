@@ -1,8 +1,11 @@
-//! Row dot products, chosen per weight dtype and CPU: AVX-VNNI for the 32-wide
-//! types, AVX2/FMA/F16C when the CPU has them (detected at run time), the portable scalar versions otherwise.
+//! Row dot products, chosen per weight dtype and CPU (detected at run time):
+//! AVX-512 VNNI for the K-quants, AVX-VNNI for the 32-wide types, AVX2/FMA/F16C
+//! for the rest, the portable scalar versions where the CPU has none of these.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod scalar;
 
 use super::q8_act::{BlockQ8, BlockQ8K};
@@ -29,11 +32,13 @@ pub const TILE: usize = 8;
 #[derive(Clone, Copy)]
 pub enum TileDot {
     Q8(Q8Tile),
-    Q8K(fn(&[u8], &[&[BlockQ8K]; TILE]) -> [f32; TILE]),
+    Q8K(Q8KTile),
 }
 
 /// A tile kernel of the 32-wide types.
 pub type Q8Tile = fn(&[u8], &[&[BlockQ8]; TILE]) -> [f32; TILE];
+/// A tile kernel of the K-quants.
+pub type Q8KTile = fn(&[u8], &[&[BlockQ8K]; TILE]) -> [f32; TILE];
 
 /// A selected kernel and its `--trace` name.
 #[derive(Clone, Copy)]
@@ -164,10 +169,52 @@ pub fn vnni_kernel(_dtype: DType) -> Option<Kernel> {
     None
 }
 
+/// True when this CPU runs the AVX-512 VNNI kernels.
+pub fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The AVX-512 VNNI kernel for `dtype`: Q4_K and Q6_K, whose sub-block scales
+/// `vpdpwssd` applies while it accumulates 64 weights per instruction pair.
+#[cfg(target_arch = "x86_64")]
+pub fn avx512_kernel(dtype: DType) -> Option<Kernel> {
+    use RowDot::Q8K;
+    if !has_avx512_vnni() {
+        return None;
+    }
+    // SAFETY (every closure below): the CPU features these functions need were detected above.
+    let (name, dot, tile): (_, _, Q8KTile) = match dtype {
+        DType::Q4_K => ("Q4_K×Q8_K avx512-vnni", Q8K(|w, x| unsafe { avx512::q4_k(w, x) }), |w, x| unsafe {
+            avx512::q4_k_tile(w, x)
+        }),
+        DType::Q6_K => ("Q6_K×Q8_K avx512-vnni", Q8K(|w, x| unsafe { avx512::q6_k(w, x) }), |w, x| unsafe {
+            avx512::q6_k_tile(w, x)
+        }),
+        _ => return None,
+    };
+    Some(Kernel { name, dot, tile: Some(TileDot::Q8K(tile)) })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn avx512_kernel(_dtype: DType) -> Option<Kernel> {
+    None
+}
+
 /// The fastest kernel this CPU has for `dtype`; `None` for dtypes that take the
 /// dequantize-a-row path (Q2_K, Q3_K and the non-weight types).
 pub fn best_kernel(dtype: DType) -> Option<Kernel> {
-    vnni_kernel(dtype).or_else(|| avx2_kernel(dtype)).or_else(|| scalar_kernel(dtype))
+    avx512_kernel(dtype).or_else(|| vnni_kernel(dtype)).or_else(|| avx2_kernel(dtype)).or_else(|| scalar_kernel(dtype))
 }
 
 /// Dot of two f32 slices with the fastest available code.

@@ -1,0 +1,223 @@
+//! AVX-512 VNNI kernels for the K-quants (the bulk of a Q4_K_M model). Every
+//! `unsafe fn` here requires AVX-512 F, BW, VL and VNNI; `super::avx512_kernel`
+//! hands them out only after run-time detection.
+//!
+//! One 512-bit register holds 64 weights of one super-block. `vpmaddubsw` multiplies
+//! them with the token's 64 activation bytes into 32 pair sums (i16), and `vpdpwssd`
+//! multiplies those by the sub-block scales (i16, one per 32 or 16 weights) and
+//! accumulates into 16 i32 lanes: two instructions per 64 weights where AVX2 needs
+//! six, and the super-block's integer sum stays exact. The activations are read in
+//! their natural Q8_K order; the weights are rearranged once per super-block and
+//! reused for every token of the tile.
+
+use std::arch::x86_64::*;
+
+use super::TILE;
+use crate::kernels::layout;
+use crate::kernels::q8_act::BlockQ8K;
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn f16(bytes: &[u8], offset: usize) -> f32 {
+    let bits = u16::from_le_bytes([bytes[offset], bytes[offset + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// 64 activation bytes of `y` from element `at`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn acts64(y: &BlockQ8K, at: usize) -> __m512i {
+    debug_assert!(at + 64 <= y.qs.len());
+    _mm512_loadu_si512(y.qs.as_ptr().add(at) as *const __m512i)
+}
+
+/// The 16 block sums (one per 16 activations) of `y`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn block_sums(y: &BlockQ8K) -> __m256i {
+    _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i)
+}
+
+/// i16 lane `l` of the result is `values[index[l]]`, for 16 values widened from bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn spread_i16(values: __m256i, index: &[u16; 32]) -> __m512i {
+    _mm512_permutexvar_epi16(_mm512_loadu_si512(index.as_ptr() as *const __m512i), _mm512_castsi256_si512(values))
+}
+
+/// Lane indexes mapping 32 i16 lanes (pair sums of 64 weights) to the scale of the
+/// sub-block each pair falls in, when a sub-block covers `width` weights and the
+/// register starts at sub-block `first`.
+const fn scale_index(first: u16, width: u16) -> [u16; 32] {
+    let mut index = [0u16; 32];
+    let mut lane = 0;
+    while lane < 32 {
+        index[lane] = first + (2 * lane as u16) / width;
+        lane += 1;
+    }
+    index
+}
+
+/// Q4_K: register `c` holds sub-blocks 2c and 2c+1 (32 weights each).
+const Q4K_SCALES: [[u16; 32]; 4] = [scale_index(0, 32), scale_index(2, 32), scale_index(4, 32), scale_index(6, 32)];
+/// Q4_K's min term pairs the 16 block sums (16 activations each) with the 8 mins.
+const Q4K_MINS: [u16; 16] = {
+    let mut index = [0u16; 16];
+    let mut lane = 0;
+    while lane < 16 {
+        index[lane] = lane as u16 / 2;
+        lane += 1;
+    }
+    index
+};
+/// Q6_K: register `r` holds groups 4r..4r+4 (16 weights each).
+const Q6K_SCALES: [[u16; 32]; 4] = [scale_index(0, 16), scale_index(4, 16), scale_index(8, 16), scale_index(12, 16)];
+
+/// One super-block of a K-quant, unpacked for the integer loop: four registers of
+/// 64 unsigned weights (elements 64r..64r+64), the i16 scale of each weight pair,
+/// and the correction the kernel subtracts through the block sums.
+struct Unpacked {
+    weights: [__m512i; 4],
+    scales: [__m512i; 4],
+    /// i16 factors of the 16 block sums (Q4_K: its mins; Q6_K: 32 × its scales).
+    correction: __m256i,
+    /// f32 factor of the integer sum (the block's `d`).
+    d: f32,
+    /// f32 factor of the correction (Q4_K: `dmin`); `None` when it is `d` too, so
+    /// the correction is subtracted exactly in the integer sum (Q6_K).
+    d_correction: Option<f32>,
+}
+
+/// A K-quant super-block type this file has a kernel for.
+trait KQuant {
+    const BYTES: usize;
+    unsafe fn unpack(b: &[u8]) -> Unpacked;
+}
+
+struct Q4K;
+struct Q6K;
+
+impl KQuant for Q4K {
+    const BYTES: usize = layout::q4_k::BYTES;
+
+    /// The 32 bytes of chunk `c` hold elements 64c..64c+32 in their low nibbles
+    /// and 64c+32..64c+64 in their high ones; one register takes both halves in order.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn unpack(b: &[u8]) -> Unpacked {
+        use layout::q4_k::*;
+        let low4 = _mm512_set1_epi8(0x0F);
+        let weights = std::array::from_fn(|c| {
+            let bits = _mm256_loadu_si256(b[QS + 32 * c..].as_ptr() as *const __m256i);
+            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(bits), _mm256_srli_epi16(bits, 4));
+            _mm512_and_si512(both, low4)
+        });
+        let (scales, mins) = layout::unpack_k_scales(&b[SCALES..]);
+        let scales16 = _mm256_cvtepu8_epi16(_mm_loadl_epi64(scales.as_ptr() as *const __m128i));
+        let mins16 = _mm256_cvtepu8_epi16(_mm_loadl_epi64(mins.as_ptr() as *const __m128i));
+        let mins_index = _mm256_loadu_si256(Q4K_MINS.as_ptr() as *const __m256i);
+        Unpacked {
+            weights,
+            scales: std::array::from_fn(|r| spread_i16(scales16, &Q4K_SCALES[r])),
+            correction: _mm256_permutexvar_epi16(mins_index, mins16),
+            d: f16(b, 0),
+            d_correction: Some(f16(b, DMIN)),
+        }
+    }
+}
+
+impl KQuant for Q6K {
+    const BYTES: usize = layout::q6_k::BYTES;
+
+    /// Half `h` holds elements 128h..128h+128; its 64 `ql` bytes give the low
+    /// nibbles of elements 0..64 and the high nibbles of 64..128, and bits 2k..2k+2
+    /// of its 32 `qh` bytes the top bits of quarter k. Values are unsigned (0..64):
+    /// the -32 offset is applied through the block sums.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn unpack(b: &[u8]) -> Unpacked {
+        use layout::q6_k::*;
+        let low4 = _mm512_set1_epi8(0x0F);
+        let low2 = _mm512_set1_epi8(0x03);
+        let mut weights = [_mm512_setzero_si512(); 4];
+        for half in 0..2 {
+            let ql = _mm512_loadu_si512(b[QL + 64 * half..].as_ptr() as *const __m512i);
+            let qh = _mm256_loadu_si256(b[QH + 32 * half..].as_ptr() as *const __m256i);
+            // Quarters 0|1 take bits 0..2 | 2..4 of qh; quarters 2|3 the same four bits higher.
+            let qh01 = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2));
+            let high01 = _mm512_slli_epi16(_mm512_and_si512(qh01, low2), 4);
+            let high23 = _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh01, 4), low2), 4);
+            weights[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, low4), high01);
+            weights[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4), high23);
+        }
+        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b[SCALES..].as_ptr() as *const __m128i));
+        Unpacked {
+            weights,
+            scales: std::array::from_fn(|r| spread_i16(scales16, &Q6K_SCALES[r])),
+            correction: _mm256_slli_epi16(scales16, 5),
+            d: f16(b, D),
+            d_correction: None,
+        }
+    }
+}
+
+/// Dots a row of K-quant super-blocks with `T` tokens:
+/// `Σ d·y.d·Σ scale·w·y − d_correction·y.d·Σ correction·bsum` per block.
+/// `T = 1` is the matvec kernel; every token's result is the same bit for bit
+/// whatever `T` is (same operations in the same order).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn k_blocks<K: KQuant, const T: usize>(row: &[u8], acts: &[&[BlockQ8K]; T]) -> [f32; T] {
+    let n = row.len() / K::BYTES;
+    assert!(acts.iter().all(|a| a.len() >= n), "fewer activation blocks than weight blocks");
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (i, b) in row.chunks_exact(K::BYTES).enumerate() {
+        let mut ahead = 0;
+        while ahead < K::BYTES {
+            _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH_BYTES + ahead) as *const i8);
+            ahead += 64;
+        }
+        let u = K::unpack(b);
+        for t in 0..T {
+            // SAFETY: i < n <= acts[t].len(), asserted above.
+            let y = acts[t].get_unchecked(i);
+            let mut isum = _mm512_setzero_si512();
+            for r in 0..4 {
+                let pairs = _mm512_maddubs_epi16(u.weights[r], acts64(y, 64 * r));
+                isum = _mm512_dpwssd_epi32(isum, pairs, u.scales[r]);
+            }
+            let correction = _mm512_zextsi256_si512(_mm256_madd_epi16(block_sums(y), u.correction));
+            match u.d_correction {
+                None => isum = _mm512_sub_epi32(isum, correction),
+                Some(d_correction) => {
+                    let scale = _mm512_set1_ps(d_correction * y.d);
+                    acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(correction), scale, acc[t]);
+                }
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(u.d * y.d), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]))
+}
+
+/// How far ahead of the block being read the weight stream is prefetched.
+const PREFETCH_BYTES: usize = 2048;
+
+macro_rules! k_kernels {
+    ($($block:ident: $single:ident, $tile:ident;)*) => {$(
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub(crate) unsafe fn $single(row: &[u8], acts: &[BlockQ8K]) -> f32 {
+            k_blocks::<$block, 1>(row, &[acts])[0]
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub(crate) unsafe fn $tile(row: &[u8], acts: &[&[BlockQ8K]; TILE]) -> [f32; TILE] {
+            k_blocks::<$block, TILE>(row, acts)
+        }
+    )*};
+}
+
+k_kernels! {
+    Q4K: q4_k, q4_k_tile;
+    Q6K: q6_k, q6_k_tile;
+}
