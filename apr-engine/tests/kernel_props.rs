@@ -15,7 +15,8 @@
 //!   the dequantizing path of Q2_K/Q3_K;
 //! - on tensors of the real models every dtype they use meets the exact-dot bound.
 
-use apr_engine::kernels::dot::{self, Kernel, RowDot, TileDot, TILE};
+use apr_engine::kernels::dot::{self, Kernel, RowDot, Rows8, TileDot, TILE};
+use apr_engine::kernels::layout::QK_K;
 use apr_engine::kernels::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use apr_engine::kernels::{matmul, WeightMatrix};
 use apr_engine::testing::models::{QWEN_0_5B, QWEN_1_5B, SMOLLM2};
@@ -360,6 +361,100 @@ per_tile_dtype! {
     q4_k_tile: DType::Q4_K, 4;
     q5_k_tile: DType::Q5_K, 4;
     q6_k_tile: DType::Q6_K, 4;
+}
+
+/// The [`Rows8`] path, where this CPU has it: each of eight rows × [`TILE`]
+/// tokens is within the SIMD bound of the scalar reference, and the one-token
+/// form equals the tile's result for that token bit for bit.
+fn assert_rows8_matches_scalar(dtype: DType, rows: &[Vec<u8>], xs: &[Vec<f32>]) -> Result<(), TestCaseError> {
+    let Some(kernel) = dot::best_kernel(dtype) else { return Ok(()) };
+    let Some(rows8) = kernel.rows8 else { return Ok(()) };
+    let scalar = dot::scalar_kernel(dtype).unwrap();
+    let mut repacked = vec![Rows8::default(); rows[0].len() / dtype.block_bytes()];
+    (rows8.repack)(&std::array::from_fn(|r| &rows[r][..]), &mut repacked);
+    let acts: Vec<Vec<BlockQ8K>> = xs
+        .iter()
+        .map(|x| {
+            let mut b = vec![BlockQ8K::default(); x.len() / 256];
+            quantize_q8k(x, &mut b);
+            b
+        })
+        .collect();
+    let got = (rows8.tile)(&repacked, &std::array::from_fn(|t| &acts[t][..]));
+    for (t, x) in xs.iter().enumerate() {
+        let a = Acts::for_kernel(&scalar, x);
+        for (r, row) in rows.iter().enumerate() {
+            let want = call(scalar.dot, row, &a);
+            let bound = 1e-5 * magnitude(dtype, row, &a.dequantized());
+            prop_assert!(
+                (want - got[t][r]).abs() <= bound,
+                "{} rows8 row {r} token {t}: scalar {want} got {} bound {bound}",
+                kernel.name,
+                got[t][r]
+            );
+        }
+        let single = (rows8.single)(&repacked, &acts[t]);
+        prop_assert_eq!(single.map(f32::to_bits), got[t].map(f32::to_bits), "{} rows8 token {}", kernel.name, t);
+    }
+    Ok(())
+}
+
+/// Eight rows of `dtype` and [`TILE`] tokens of activations for them.
+fn rows8_case(dtype: DType, max_blocks: usize) -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<Vec<f32>>)> {
+    (1..=max_blocks).prop_flat_map(move |n| {
+        let bytes = prop::collection::vec(prop::collection::vec(any::<u8>(), n * dtype.block_bytes()), 8);
+        let scales = prop::collection::vec(-2.0f32..2.0, 2 * n);
+        let x = prop::collection::vec(prop::collection::vec(-4.0f32..4.0, n * dtype.block_elems()), TILE);
+        (bytes, scales, x).prop_map(move |(b, s, x)| (b.iter().map(|b| random_blocks(dtype, b, &s)).collect(), x))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn q4_k_rows8((rows, xs) in rows8_case(DType::Q4_K, 4)) {
+        assert_rows8_matches_scalar(DType::Q4_K, &rows, &xs)?;
+    }
+
+    #[test]
+    fn q6_k_rows8((rows, xs) in rows8_case(DType::Q6_K, 4)) {
+        assert_rows8_matches_scalar(DType::Q6_K, &rows, &xs)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 30, failure_persistence: None, ..ProptestConfig::default() })]
+    /// Long prompts take the repacked path for the K-quants (from 24 tokens): any
+    /// row count, whole eights or not, gives each token's matvec result within the
+    /// SIMD bound.
+    #[test]
+    fn long_prefill_is_within_bound_of_per_token_matvec(
+        k_quant in prop::sample::select(vec![DType::Q4_K, DType::Q6_K]),
+        rows in 1usize..40,
+        blocks in 1usize..3,
+        n_tokens in 24usize..34,
+        seed in any::<u64>(),
+    ) {
+        let cols = blocks * QK_K;
+        let bytes = random_matrix(k_quant, rows, blocks, seed);
+        let w = WeightMatrix::new(k_quant, rows, cols, &bytes).unwrap();
+        let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((seed.wrapping_add(i as u64).wrapping_mul(0x9E3779B97F4A7C15) >> 40) as f32 / (1u64 << 23) as f32) - 1.0).collect();
+        let mut batched = vec![f32::NAN; n_tokens * rows];
+        matmul(&w, &x, n_tokens, &mut batched);
+        let kernel = dot::best_kernel(k_quant).unwrap();
+        for t in 0..n_tokens {
+            let token = &x[t * cols..(t + 1) * cols];
+            let mut single = vec![f32::NAN; rows];
+            matmul(&w, token, 1, &mut single);
+            let acts = Acts::for_kernel(&kernel, token);
+            for r in 0..rows {
+                let row = &bytes[r * bytes.len() / rows..(r + 1) * bytes.len() / rows];
+                let bound = 1e-5 * magnitude(k_quant, row, &acts.dequantized());
+                let (got, want) = (batched[t * rows + r], single[r]);
+                prop_assert!((got - want).abs() <= bound, "{} row {r} token {t}: {got} vs {want} bound {bound}", kernel.name);
+            }
+        }
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::dot::{self, RowDot, TileDot, TILE};
+use super::dot::{self, RowDot, Rows8, Rows8Kernel, TileDot, TILE};
 use super::layout::{QK, QK_K};
 use super::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::WeightMatrix;
@@ -42,6 +42,9 @@ pub fn matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
         }),
         (RowDot::Q8K(f), tile) => with_scratch(&Q8K_SCRATCH, n_tokens * w.cols / QK_K, |acts| {
             quantize_tokens(x, acts, quantize_q8k);
+            if let Some(rows8) = kernel.rows8.filter(|_| n_tokens >= ROWS8_MIN_TOKENS) {
+                return run_rows8_chunks(w, acts, n_tokens, out, f, rows8);
+            }
             let tile = match tile {
                 Some(TileDot::Q8K(t)) => Some(t),
                 _ => None,
@@ -55,7 +58,12 @@ pub fn matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
 thread_local! {
     static Q8_SCRATCH: RefCell<Vec<BlockQ8>> = const { RefCell::new(Vec::new()) };
     static Q8K_SCRATCH: RefCell<Vec<BlockQ8K>> = const { RefCell::new(Vec::new()) };
+    static ROWS8_SCRATCH: RefCell<Vec<Rows8>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Tokens from which prefill repacks rows eight at a time: the repack costs
+/// about as much as a dozen tokens' worth of the kernel, and saves half of each.
+const ROWS8_MIN_TOKENS: usize = 24;
 
 /// Runs `f` on `len` reusable blocks of this thread's scratch (a fresh buffer
 /// if the scratch is already borrowed by an enclosing matmul on this thread).
@@ -145,6 +153,57 @@ fn run_chunks<A: Sync>(
         }
         for t in tiled_tokens..n_tokens {
             for r in rows.clone() {
+                shared.write(t * w.rows + r, dot(w.row(r), token(t)));
+            }
+        }
+    });
+}
+
+/// Prefill over rows repacked eight at a time ([`Rows8`]): each chunk repacks its
+/// rows into this thread's scratch once, then every token runs over them; rows
+/// beyond the last whole eight take the row kernel `dot`.
+fn run_rows8_chunks(
+    w: &WeightMatrix,
+    acts: &[BlockQ8K],
+    n_tokens: usize,
+    out: &mut [f32],
+    dot: fn(&[u8], &[BlockQ8K]) -> f32,
+    kernel: Rows8Kernel,
+) {
+    let blocks_per_row = acts.len() / n_tokens;
+    let token = |t: usize| &acts[t * blocks_per_row..(t + 1) * blocks_per_row];
+    let tiled_tokens = n_tokens / TILE * TILE;
+    let chunk = rows_per_chunk(w).next_multiple_of(8);
+    let shared = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
+    (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let rows = c * chunk..((c + 1) * chunk).min(w.rows);
+        let groups = rows.len() / 8;
+        with_scratch(&ROWS8_SCRATCH, groups * blocks_per_row, |repacked| {
+            for (g, blocks) in repacked.chunks_exact_mut(blocks_per_row).enumerate() {
+                let first = rows.start + 8 * g;
+                (kernel.repack)(&std::array::from_fn(|r| w.row(first + r)), blocks);
+            }
+            let write = |t: usize, g: usize, values: [f32; 8]| {
+                for (r, value) in values.into_iter().enumerate() {
+                    shared.write(t * w.rows + rows.start + 8 * g + r, value);
+                }
+            };
+            for t0 in (0..tiled_tokens).step_by(TILE) {
+                let group: [&[BlockQ8K]; TILE] = std::array::from_fn(|k| token(t0 + k));
+                for (g, blocks) in repacked.chunks_exact(blocks_per_row).enumerate() {
+                    for (k, values) in (kernel.tile)(blocks, &group).into_iter().enumerate() {
+                        write(t0 + k, g, values);
+                    }
+                }
+            }
+            for t in tiled_tokens..n_tokens {
+                for (g, blocks) in repacked.chunks_exact(blocks_per_row).enumerate() {
+                    write(t, g, (kernel.single)(blocks, token(t)));
+                }
+            }
+        });
+        for r in rows.start + 8 * groups..rows.end {
+            for t in 0..n_tokens {
                 shared.write(t * w.rows + r, dot(w.row(r), token(t)));
             }
         }

@@ -47,6 +47,49 @@ pub struct Kernel {
     pub dot: RowDot,
     /// The multi-token form, where one exists (else prefill calls `dot` per token).
     pub tile: Option<TileDot>,
+    /// The prefill form over rows repacked eight at a time, where one exists.
+    pub rows8: Option<Rows8Kernel>,
+}
+
+/// One K-quant super-block of eight rows, rearranged so that one 64-byte register
+/// holds 8 weights of each row (`weights[g]`: elements 8g..8g+8, row r at bytes
+/// 8r..8r+8, unpacked to unsigned bytes) and the factors are ready to load.
+/// Prefill repacks a chunk of rows once and runs every token over it.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct Rows8 {
+    pub weights: [[u8; 64]; 32],
+    /// Factor of block sum 4q + m for row r at `corrections[q][4r + m]`.
+    pub corrections: [[i16; 32]; 4],
+    /// The row's `d` and correction factor, each in lanes 2r and 2r + 1.
+    pub d: [f32; 16],
+    pub d_correction: [f32; 16],
+    /// Scale of weight group s of row r at `scales[s][r]`.
+    pub scales: [[i16; 8]; 16],
+}
+
+impl Default for Rows8 {
+    fn default() -> Self {
+        Rows8 {
+            weights: [[0; 64]; 32],
+            corrections: [[0; 32]; 4],
+            d: [0.0; 16],
+            d_correction: [0.0; 16],
+            scales: [[0; 8]; 16],
+        }
+    }
+}
+
+/// Eight repacked rows × [`TILE`] tokens: `result[token][row]`.
+pub type Rows8Tile = fn(&[Rows8], &[&[BlockQ8K]; TILE]) -> [[f32; 8]; TILE];
+
+/// The functions of the [`Rows8`] path: repack eight rows (all their super-blocks),
+/// then dot eight rows with [`TILE`] tokens or with one.
+#[derive(Clone, Copy)]
+pub struct Rows8Kernel {
+    pub repack: fn(&[&[u8]; 8], &mut [Rows8]),
+    pub tile: Rows8Tile,
+    pub single: fn(&[Rows8], &[BlockQ8K]) -> [f32; 8],
 }
 
 /// The portable kernel for `dtype`, if it has a direct one (others dequantize rows).
@@ -66,7 +109,7 @@ pub fn scalar_kernel(dtype: DType) -> Option<Kernel> {
         DType::BF16 => ("BF16×F32 scalar", Float(scalar::bf16_row)),
         _ => return None,
     };
-    Some(Kernel { name, dot, tile: None })
+    Some(Kernel { name, dot, tile: None, rows8: None })
 }
 
 /// True when this CPU runs the AVX2 kernels.
@@ -113,7 +156,7 @@ pub fn avx2_kernel(dtype: DType) -> Option<Kernel> {
         DType::BF16 => ("BF16×F32 avx2", Float(|w, x| unsafe { avx2::bf16_row(w, x) })),
         _ => return None,
     };
-    Some(Kernel { name, dot, tile })
+    Some(Kernel { name, dot, tile, rows8: None })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -161,7 +204,7 @@ pub fn vnni_kernel(dtype: DType) -> Option<Kernel> {
         }),
         _ => return None,
     };
-    Some(Kernel { name, dot, tile: Some(TileDot::Q8(tile)) })
+    Some(Kernel { name, dot, tile: Some(TileDot::Q8(tile)), rows8: None })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -194,16 +237,30 @@ pub fn avx512_kernel(dtype: DType) -> Option<Kernel> {
         return None;
     }
     // SAFETY (every closure below): the CPU features these functions need were detected above.
-    let (name, dot, tile): (_, _, Q8KTile) = match dtype {
-        DType::Q4_K => ("Q4_K×Q8_K avx512-vnni", Q8K(|w, x| unsafe { avx512::q4_k(w, x) }), |w, x| unsafe {
-            avx512::q4_k_tile(w, x)
-        }),
-        DType::Q6_K => ("Q6_K×Q8_K avx512-vnni", Q8K(|w, x| unsafe { avx512::q6_k(w, x) }), |w, x| unsafe {
-            avx512::q6_k_tile(w, x)
-        }),
+    let (name, dot, tile, rows8): (_, _, Q8KTile, _) = match dtype {
+        DType::Q4_K => (
+            "Q4_K×Q8_K avx512-vnni",
+            Q8K(|w, x| unsafe { avx512::q4_k(w, x) }),
+            |w, x| unsafe { avx512::q4_k_tile(w, x) },
+            Rows8Kernel {
+                repack: |rows, out| unsafe { avx512::q4_k_repack(rows, out) },
+                tile: |blocks, x| unsafe { avx512::q4_k_rows8_tile(blocks, x) },
+                single: |blocks, x| unsafe { avx512::q4_k_rows8(blocks, x) },
+            },
+        ),
+        DType::Q6_K => (
+            "Q6_K×Q8_K avx512-vnni",
+            Q8K(|w, x| unsafe { avx512::q6_k(w, x) }),
+            |w, x| unsafe { avx512::q6_k_tile(w, x) },
+            Rows8Kernel {
+                repack: |rows, out| unsafe { avx512::q6_k_repack(rows, out) },
+                tile: |blocks, x| unsafe { avx512::q6_k_rows8_tile(blocks, x) },
+                single: |blocks, x| unsafe { avx512::q6_k_rows8(blocks, x) },
+            },
+        ),
         _ => return None,
     };
-    Some(Kernel { name, dot, tile: Some(TileDot::Q8K(tile)) })
+    Some(Kernel { name, dot, tile: Some(TileDot::Q8K(tile)), rows8: Some(rows8) })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
