@@ -15,8 +15,7 @@
 //!   the dequantizing path of Q2_K/Q3_K;
 //! - on tensors of the real models every dtype they use meets the exact-dot bound.
 
-use apr_engine::kernels::dot::{self, Kernel, RowDot, Rows8, TileDot, TILE};
-use apr_engine::kernels::layout::QK_K;
+use apr_engine::kernels::dot::{self, Kernel, RowDot, Rows8Kernel, Rows8Path, TileDot, TILE};
 use apr_engine::kernels::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use apr_engine::kernels::{matmul, WeightMatrix};
 use apr_engine::testing::models::{QWEN_0_5B, QWEN_1_5B, SMOLLM2};
@@ -143,7 +142,7 @@ fn dequantize_via_scalar(dtype: DType, row: &[u8]) -> Vec<f32> {
             let block = &row[i / elems * dtype.block_bytes()..][..dtype.block_bytes()];
             let acts = match kernel.dot {
                 RowDot::Q8(_) => {
-                    let mut b = BlockQ8 { d: 1.0, s: 1.0, qs: [0; 32] };
+                    let mut b = BlockQ8 { d: 1.0, s: 1.0, qs: [0; 32], sum: 1 };
                     b.qs[i % 32] = 1;
                     Acts::Q8(vec![b])
                 }
@@ -363,40 +362,54 @@ per_tile_dtype! {
     q6_k_tile: DType::Q6_K, 4;
 }
 
-/// The [`Rows8`] path, where this CPU has it: each of eight rows × [`TILE`]
-/// tokens is within the SIMD bound of the scalar reference, and the one-token
-/// form equals the tile's result for that token bit for bit.
+/// The repacked path (`Rows8K` / `Rows8Q8`), where this CPU has it: each of eight
+/// rows × [`TILE`] tokens is within the SIMD bound of the scalar reference, and
+/// the one-token form equals the tile's result for that token bit for bit.
 fn assert_rows8_matches_scalar(dtype: DType, rows: &[Vec<u8>], xs: &[Vec<f32>]) -> Result<(), TestCaseError> {
     let Some(kernel) = dot::best_kernel(dtype) else { return Ok(()) };
-    let Some(rows8) = kernel.rows8 else { return Ok(()) };
+    let n_blocks = rows[0].len() / dtype.block_bytes();
+    let (tiled, singles) = match kernel.rows8 {
+        None => return Ok(()),
+        Some(Rows8Path::Q8K(k)) => rows8_results(k, rows, xs, n_blocks, quantize_q8k),
+        Some(Rows8Path::Q8(k)) => rows8_results(k, rows, xs, n_blocks, quantize_q8),
+    };
     let scalar = dot::scalar_kernel(dtype).unwrap();
-    let mut repacked = vec![Rows8::default(); rows[0].len() / dtype.block_bytes()];
-    (rows8.repack)(&std::array::from_fn(|r| &rows[r][..]), &mut repacked);
-    let acts: Vec<Vec<BlockQ8K>> = xs
-        .iter()
-        .map(|x| {
-            let mut b = vec![BlockQ8K::default(); x.len() / 256];
-            quantize_q8k(x, &mut b);
-            b
-        })
-        .collect();
-    let got = (rows8.tile)(&repacked, &std::array::from_fn(|t| &acts[t][..]));
     for (t, x) in xs.iter().enumerate() {
         let a = Acts::for_kernel(&scalar, x);
         for (r, row) in rows.iter().enumerate() {
-            let want = call(scalar.dot, row, &a);
+            let (want, got) = (call(scalar.dot, row, &a), tiled[t][r]);
             let bound = 1e-5 * magnitude(dtype, row, &a.dequantized());
             prop_assert!(
-                (want - got[t][r]).abs() <= bound,
-                "{} rows8 row {r} token {t}: scalar {want} got {} bound {bound}",
-                kernel.name,
-                got[t][r]
+                (want - got).abs() <= bound,
+                "{} rows8 row {r} token {t}: scalar {want} got {got} bound {bound}",
+                kernel.name
             );
         }
-        let single = (rows8.single)(&repacked, &acts[t]);
-        prop_assert_eq!(single.map(f32::to_bits), got[t].map(f32::to_bits), "{} rows8 token {}", kernel.name, t);
+        prop_assert_eq!(singles[t].map(f32::to_bits), tiled[t].map(f32::to_bits), "{} rows8 token {}", kernel.name, t);
     }
     Ok(())
+}
+
+/// Repacks `rows` and runs the tile and, token by token, the one-token form.
+fn rows8_results<B: Default + Clone, A: Default + Clone>(
+    kernel: Rows8Kernel<B, A>,
+    rows: &[Vec<u8>],
+    xs: &[Vec<f32>],
+    n_blocks: usize,
+    quantize: fn(&[f32], &mut [A]),
+) -> ([[f32; 8]; TILE], Vec<[f32; 8]>) {
+    let mut repacked = vec![B::default(); n_blocks];
+    (kernel.repack)(&std::array::from_fn(|r| &rows[r][..]), &mut repacked);
+    let acts: Vec<Vec<A>> = xs
+        .iter()
+        .map(|x| {
+            let mut blocks = vec![A::default(); n_blocks];
+            quantize(x, &mut blocks);
+            blocks
+        })
+        .collect();
+    let tiled = (kernel.tile)(&repacked, &std::array::from_fn(|t| &acts[t][..]));
+    (tiled, acts.iter().map(|a| (kernel.single)(&repacked, a)).collect())
 }
 
 /// Eight rows of `dtype` and [`TILE`] tokens of activations for them.
@@ -420,28 +433,43 @@ proptest! {
     fn q6_k_rows8((rows, xs) in rows8_case(DType::Q6_K, 4)) {
         assert_rows8_matches_scalar(DType::Q6_K, &rows, &xs)?;
     }
+
+    #[test]
+    fn q4_0_rows8((rows, xs) in rows8_case(DType::Q4_0, 12)) {
+        assert_rows8_matches_scalar(DType::Q4_0, &rows, &xs)?;
+    }
+
+    #[test]
+    fn q5_0_rows8((rows, xs) in rows8_case(DType::Q5_0, 12)) {
+        assert_rows8_matches_scalar(DType::Q5_0, &rows, &xs)?;
+    }
+
+    #[test]
+    fn q8_0_rows8((rows, xs) in rows8_case(DType::Q8_0, 12)) {
+        assert_rows8_matches_scalar(DType::Q8_0, &rows, &xs)?;
+    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 30, failure_persistence: None, ..ProptestConfig::default() })]
-    /// Long prompts take the repacked path for the K-quants (from 24 tokens): any
+    /// Long prompts take the repacked path (from 24 tokens): any
     /// row count, whole eights or not, gives each token's matvec result within the
     /// SIMD bound.
     #[test]
     fn long_prefill_is_within_bound_of_per_token_matvec(
-        k_quant in prop::sample::select(vec![DType::Q4_K, DType::Q6_K]),
+        dtype in prop::sample::select(vec![DType::Q4_K, DType::Q6_K, DType::Q4_0, DType::Q5_0, DType::Q8_0]),
         rows in 1usize..40,
         blocks in 1usize..3,
         n_tokens in 24usize..34,
         seed in any::<u64>(),
     ) {
-        let cols = blocks * QK_K;
-        let bytes = random_matrix(k_quant, rows, blocks, seed);
-        let w = WeightMatrix::new(k_quant, rows, cols, &bytes).unwrap();
+        let cols = blocks * dtype.block_elems();
+        let bytes = random_matrix(dtype, rows, blocks, seed);
+        let w = WeightMatrix::new(dtype, rows, cols, &bytes).unwrap();
         let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((seed.wrapping_add(i as u64).wrapping_mul(0x9E3779B97F4A7C15) >> 40) as f32 / (1u64 << 23) as f32) - 1.0).collect();
         let mut batched = vec![f32::NAN; n_tokens * rows];
         matmul(&w, &x, n_tokens, &mut batched);
-        let kernel = dot::best_kernel(k_quant).unwrap();
+        let kernel = dot::best_kernel(dtype).unwrap();
         for t in 0..n_tokens {
             let token = &x[t * cols..(t + 1) * cols];
             let mut single = vec![f32::NAN; rows];
@@ -449,7 +477,7 @@ proptest! {
             let acts = Acts::for_kernel(&kernel, token);
             for r in 0..rows {
                 let row = &bytes[r * bytes.len() / rows..(r + 1) * bytes.len() / rows];
-                let bound = 1e-5 * magnitude(k_quant, row, &acts.dequantized());
+                let bound = 1e-5 * magnitude(dtype, row, &acts.dequantized());
                 let (got, want) = (batched[t * rows + r], single[r]);
                 prop_assert!((got - want).abs() <= bound, "{} row {r} token {t}: {got} vs {want} bound {bound}", kernel.name);
             }
@@ -538,9 +566,11 @@ fn kernel_names_say_what_runs() {
     };
     assert_eq!(name, expected);
     let name = apr_engine::kernels::kernel_name(DType::Q8_0);
-    let expected = match (dot::has_avx_vnni(), dot::has_avx2()) {
-        (true, _) => "Q8_0×Q8_0 avx-vnni",
-        (false, true) => "Q8_0×Q8_0 avx2",
+    let expected = match (dot::has_avx512_vnni(), dot::has_avx_vnni(), dot::has_avx2()) {
+        (true, true, _) => "Q8_0×Q8_0 avx-vnni, prefill avx512-vnni",
+        (true, false, _) => "Q8_0×Q8_0 avx2, prefill avx512-vnni",
+        (false, true, _) => "Q8_0×Q8_0 avx-vnni",
+        (false, false, true) => "Q8_0×Q8_0 avx2",
         _ => "Q8_0×Q8_0 scalar",
     };
     assert_eq!(name, expected);

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::dot::{self, RowDot, Rows8, Rows8Kernel, TileDot, TILE};
+use super::dot::{self, RowDot, Rows8K, Rows8Kernel, Rows8Path, Rows8Q8, TileDot, TILE};
 use super::layout::{QK, QK_K};
 use super::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::WeightMatrix;
@@ -34,6 +34,9 @@ pub fn matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
     match (kernel.dot, kernel.tile) {
         (RowDot::Q8(f), tile) => with_scratch(&Q8_SCRATCH, n_tokens * w.cols / QK, |acts| {
             quantize_tokens(x, acts, quantize_q8);
+            if let Some(Rows8Path::Q8(rows8)) = kernel.rows8.filter(|_| n_tokens >= ROWS8_MIN_TOKENS) {
+                return run_rows8_chunks(w, acts, n_tokens, out, f, rows8, &ROWS8_Q8_SCRATCH);
+            }
             let tile = match tile {
                 Some(TileDot::Q8(t)) => Some(t),
                 _ => None,
@@ -42,8 +45,8 @@ pub fn matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
         }),
         (RowDot::Q8K(f), tile) => with_scratch(&Q8K_SCRATCH, n_tokens * w.cols / QK_K, |acts| {
             quantize_tokens(x, acts, quantize_q8k);
-            if let Some(rows8) = kernel.rows8.filter(|_| n_tokens >= ROWS8_MIN_TOKENS) {
-                return run_rows8_chunks(w, acts, n_tokens, out, f, rows8);
+            if let Some(Rows8Path::Q8K(rows8)) = kernel.rows8.filter(|_| n_tokens >= ROWS8_MIN_TOKENS) {
+                return run_rows8_chunks(w, acts, n_tokens, out, f, rows8, &ROWS8_K_SCRATCH);
             }
             let tile = match tile {
                 Some(TileDot::Q8K(t)) => Some(t),
@@ -58,7 +61,8 @@ pub fn matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
 thread_local! {
     static Q8_SCRATCH: RefCell<Vec<BlockQ8>> = const { RefCell::new(Vec::new()) };
     static Q8K_SCRATCH: RefCell<Vec<BlockQ8K>> = const { RefCell::new(Vec::new()) };
-    static ROWS8_SCRATCH: RefCell<Vec<Rows8>> = const { RefCell::new(Vec::new()) };
+    static ROWS8_K_SCRATCH: RefCell<Vec<Rows8K>> = const { RefCell::new(Vec::new()) };
+    static ROWS8_Q8_SCRATCH: RefCell<Vec<Rows8Q8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Tokens from which prefill repacks rows eight at a time: the repack costs
@@ -159,16 +163,17 @@ fn run_chunks<A: Sync>(
     });
 }
 
-/// Prefill over rows repacked eight at a time ([`Rows8`]): each chunk repacks its
-/// rows into this thread's scratch once, then every token runs over them; rows
-/// beyond the last whole eight take the row kernel `dot`.
-fn run_rows8_chunks(
+/// Prefill over rows repacked eight at a time (`dot::rows8`): each chunk repacks
+/// its rows into this thread's `scratch` once, then every token runs over them;
+/// rows beyond the last whole eight take the row kernel `dot`.
+fn run_rows8_chunks<B: Default + Clone, A: Sync>(
     w: &WeightMatrix,
-    acts: &[BlockQ8K],
+    acts: &[A],
     n_tokens: usize,
     out: &mut [f32],
-    dot: fn(&[u8], &[BlockQ8K]) -> f32,
-    kernel: Rows8Kernel,
+    dot: fn(&[u8], &[A]) -> f32,
+    kernel: Rows8Kernel<B, A>,
+    scratch: &'static std::thread::LocalKey<RefCell<Vec<B>>>,
 ) {
     let blocks_per_row = acts.len() / n_tokens;
     let token = |t: usize| &acts[t * blocks_per_row..(t + 1) * blocks_per_row];
@@ -178,7 +183,7 @@ fn run_rows8_chunks(
     (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let rows = c * chunk..((c + 1) * chunk).min(w.rows);
         let groups = rows.len() / 8;
-        with_scratch(&ROWS8_SCRATCH, groups * blocks_per_row, |repacked| {
+        with_scratch(scratch, groups * blocks_per_row, |repacked| {
             for (g, blocks) in repacked.chunks_exact_mut(blocks_per_row).enumerate() {
                 let first = rows.start + 8 * g;
                 (kernel.repack)(&std::array::from_fn(|r| w.row(first + r)), blocks);
@@ -189,7 +194,7 @@ fn run_rows8_chunks(
                 }
             };
             for t0 in (0..tiled_tokens).step_by(TILE) {
-                let group: [&[BlockQ8K]; TILE] = std::array::from_fn(|k| token(t0 + k));
+                let group: [&[A]; TILE] = std::array::from_fn(|k| token(t0 + k));
                 for (g, blocks) in repacked.chunks_exact(blocks_per_row).enumerate() {
                     for (k, values) in (kernel.tile)(blocks, &group).into_iter().enumerate() {
                         write(t0 + k, g, values);

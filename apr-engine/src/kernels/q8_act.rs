@@ -14,11 +14,13 @@ pub struct BlockQ8 {
     /// `d * Σ qs`, for the `+ m` term of Q4_1/Q5_1.
     pub s: f32,
     pub qs: [i8; QK],
+    /// `Σ qs` exactly, for kernels that shift signed weights to unsigned bytes.
+    pub sum: i32,
 }
 
 impl Default for BlockQ8 {
     fn default() -> Self {
-        BlockQ8 { d: 0.0, s: 0.0, qs: [0; QK] }
+        BlockQ8 { d: 0.0, s: 0.0, qs: [0; QK], sum: 0 }
     }
 }
 
@@ -59,6 +61,7 @@ pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
         }
         block.d = round_f16(d);
         block.s = round_f16(d * sum as f32);
+        block.sum = sum;
     }
 }
 
@@ -91,6 +94,7 @@ mod tests {
             let step = abs_max(values) / 127.0;
             let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
             assert!((b.s - b.d * sum as f32).abs() <= 1e-3 * b.s.abs().max(b.d));
+            assert_eq!(b.sum, sum);
             for (&v, &q) in values.iter().zip(&b.qs) {
                 // d is rounded to f16 (relative 2^-11), so 127 steps move by at most 127 * 2^-11 * step.
                 assert!((v - b.d * q as f32).abs() <= step * (0.5 + 127.0 / 2048.0), "{v} vs {q}");

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::TILE;
+use super::{Rows8Q8, TILE};
 use crate::kernels::layout::{self, u32_at};
 use crate::kernels::q8_act::{BlockQ8, BlockQ8K};
 
@@ -77,7 +77,7 @@ unsafe fn bits_to_bytes(bits: u32) -> __m256i {
 }
 
 /// A 32-wide weight block type, unpacked to 32 bytes of weights and its f16 scale.
-trait Block32 {
+pub(super) trait Block32 {
     const BYTES: usize;
     /// Signed weights (Q4_0/Q5_0/Q8_0), or unsigned ones with an offset `m` (Q4_1/Q5_1).
     const SIGNED: bool;
@@ -89,11 +89,11 @@ trait Block32 {
     }
 }
 
-struct Q4_0;
-struct Q4_1;
-struct Q5_0;
-struct Q5_1;
-struct Q8_0;
+pub(super) struct Q4_0;
+pub(super) struct Q4_1;
+pub(super) struct Q5_0;
+pub(super) struct Q5_1;
+pub(super) struct Q8_0;
 
 impl Block32 for Q4_0 {
     const BYTES: usize = layout::q4_0::BYTES;
@@ -232,6 +232,26 @@ macro_rules! block32_kernels {
             blocks32_vnni::<$block, TILE>(row, acts)
         }
     )*};
+}
+
+/// Repacks eight rows of a signed 32-wide type into [`Rows8Q8`] blocks, each
+/// weight shifted by `OFFSET` into an unsigned byte.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn repack_block32<B: Block32, const OFFSET: u8>(rows: &[&[u8]; 8], out: &mut [Rows8Q8]) {
+    debug_assert!(B::SIGNED, "unsigned types carry an offset m the Rows8Q8 layout has no room for");
+    let mut values = [0u8; 32];
+    for (i, block) in out.iter_mut().enumerate() {
+        for (r, row) in rows.iter().enumerate() {
+            let b = &row[i * B::BYTES..(i + 1) * B::BYTES];
+            let (w, d) = B::unpack(b);
+            let shifted = _mm256_add_epi8(w, _mm256_set1_epi8(OFFSET as i8));
+            _mm256_storeu_si256(values.as_mut_ptr() as *mut __m256i, shifted);
+            for (g, register) in block.weights.iter_mut().enumerate() {
+                register[8 * r..8 * r + 8].copy_from_slice(&values[8 * g..8 * g + 8]);
+            }
+            block.d[2 * r..2 * r + 2].fill(d);
+        }
+    }
 }
 
 block32_kernels! {

@@ -12,9 +12,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{Rows8, TILE};
+use super::{Rows8K, Rows8Q8, TILE};
 use crate::kernels::layout;
-use crate::kernels::q8_act::BlockQ8K;
+use crate::kernels::q8_act::{BlockQ8, BlockQ8K};
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -91,14 +91,14 @@ struct Unpacked {
 /// A K-quant super-block type this file has kernels for.
 trait KQuant {
     const BYTES: usize;
-    /// Registers of the [`Rows8`] layout (8 weights of each of 8 rows) that share one scale.
+    /// Registers of the [`Rows8K`] layout (8 weights of each of 8 rows) that share one scale.
     const REGS_PER_SCALE: usize;
     unsafe fn unpack(b: &[u8]) -> Unpacked;
-    /// The block's factors for the [`Rows8`] layout.
+    /// The block's factors for the [`Rows8K`] layout.
     fn factors(b: &[u8]) -> Factors;
 }
 
-/// One row's super-block factors, as the [`Rows8`] kernel applies them.
+/// One row's super-block factors, as the [`Rows8K`] kernel applies them.
 struct Factors {
     /// Scale of each group of `8 × REGS_PER_SCALE` weights.
     scales: [i16; 16],
@@ -262,10 +262,10 @@ k_kernels! {
     Q6K: q6_k, q6_k_tile;
 }
 
-/// Repacks super-block `i` of eight rows into the [`Rows8`] layout.
+/// Repacks super-block `i` of eight rows into the [`Rows8K`] layout.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn repack_one<K: KQuant>(rows: &[&[u8]; 8], i: usize, out: &mut Rows8) {
+unsafe fn repack_one<K: KQuant>(rows: &[&[u8]; 8], i: usize, out: &mut Rows8K) {
     let mut values = [0u8; 256];
     for (r, row) in rows.iter().enumerate() {
         let b = &row[i * K::BYTES..(i + 1) * K::BYTES];
@@ -287,12 +287,12 @@ unsafe fn repack_one<K: KQuant>(rows: &[&[u8]; 8], i: usize, out: &mut Rows8) {
     }
 }
 
-/// Eight rows × `T` tokens over super-blocks in the [`Rows8`] layout. Four (Q4_K)
+/// Eight rows × `T` tokens over super-blocks in the [`Rows8K`] layout. Four (Q4_K)
 /// or two (Q6_K) pair-sum registers share a scale, so they are added as i16
 /// before one `vpdpwssd` applies it: five instructions per 2048 products (Q4_K).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn rows8_blocks<K: KQuant, const T: usize>(blocks: &[Rows8], acts: &[&[BlockQ8K]; T]) -> [[f32; 8]; T] {
+unsafe fn rows8_blocks<K: KQuant, const T: usize>(blocks: &[Rows8K], acts: &[&[BlockQ8K]; T]) -> [[f32; 8]; T] {
     let n = blocks.len();
     assert!(acts.iter().all(|a| a.len() >= n), "fewer activation blocks than weight blocks");
     let per_row: [u16; 32] = std::array::from_fn(|lane| lane as u16 / 4);
@@ -329,12 +329,17 @@ unsafe fn rows8_blocks<K: KQuant, const T: usize>(blocks: &[Rows8], acts: &[&[Bl
             acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(correction), _mm512_mul_ps(d_correction, y_d), acc[t]);
         }
     }
-    // Row r's sum is in lanes 2r and 2r + 1.
-    std::array::from_fn(|t| {
-        let mut lanes = [0.0f32; 16];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), acc[t]);
-        std::array::from_fn(|r| lanes[2 * r] + lanes[2 * r + 1])
-    })
+    std::array::from_fn(|t| row_sums(acc[t]))
+}
+
+/// The eight row results of a [`Rows8K`]/[`Rows8Q8`] accumulator: row r's sum is
+/// in lanes 2r and 2r + 1.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_sums(acc: __m512) -> [f32; 8] {
+    let mut lanes = [0.0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    std::array::from_fn(|r| lanes[2 * r] + lanes[2 * r + 1])
 }
 
 /// The 8 bytes of `values` from index `at` (elements of 1 or 2 bytes), in every 64-bit lane.
@@ -348,19 +353,19 @@ unsafe fn broadcast8<E>(values: &[E], at: usize) -> __m512i {
 macro_rules! rows8_kernels {
     ($($block:ident: $repack:ident, $tile:ident, $single:ident;)*) => {$(
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-        pub(crate) unsafe fn $repack(rows: &[&[u8]; 8], out: &mut [Rows8]) {
+        pub(crate) unsafe fn $repack(rows: &[&[u8]; 8], out: &mut [Rows8K]) {
             for (i, block) in out.iter_mut().enumerate() {
                 repack_one::<$block>(rows, i, block);
             }
         }
 
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-        pub(crate) unsafe fn $tile(blocks: &[Rows8], acts: &[&[BlockQ8K]; TILE]) -> [[f32; 8]; TILE] {
+        pub(crate) unsafe fn $tile(blocks: &[Rows8K], acts: &[&[BlockQ8K]; TILE]) -> [[f32; 8]; TILE] {
             rows8_blocks::<$block, TILE>(blocks, acts)
         }
 
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-        pub(crate) unsafe fn $single(blocks: &[Rows8], acts: &[BlockQ8K]) -> [f32; 8] {
+        pub(crate) unsafe fn $single(blocks: &[Rows8K], acts: &[BlockQ8K]) -> [f32; 8] {
             rows8_blocks::<$block, 1>(blocks, &[acts])[0]
         }
     )*};
@@ -369,4 +374,60 @@ macro_rules! rows8_kernels {
 rows8_kernels! {
     Q4K: q4_k_repack, q4_k_rows8_tile, q4_k_rows8;
     Q6K: q6_k_repack, q6_k_rows8_tile, q6_k_rows8;
+}
+
+/// Eight rows × `T` tokens over 32-wide blocks in the [`Rows8Q8`] layout: four
+/// `vpdpbusd` per block (2048 products), then the `OFFSET` the weights were
+/// shifted by comes back out through the activations' exact integer sum.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn rows8_block32<const OFFSET: i32, const T: usize>(
+    blocks: &[Rows8Q8],
+    acts: &[&[BlockQ8]; T],
+) -> [[f32; 8]; T] {
+    let n = blocks.len();
+    assert!(acts.iter().all(|a| a.len() >= n), "fewer activation blocks than weight blocks");
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (i, block) in blocks.iter().enumerate() {
+        let weights: [__m512i; 4] =
+            std::array::from_fn(|g| _mm512_load_si512(block.weights[g].as_ptr() as *const __m512i));
+        let d = _mm512_load_ps(block.d.as_ptr());
+        for t in 0..T {
+            // SAFETY: i < n <= acts[t].len(), asserted above.
+            let y = acts[t].get_unchecked(i);
+            let mut isum = _mm512_setzero_si512();
+            for (g, &w) in weights.iter().enumerate() {
+                isum = _mm512_dpbusd_epi32(isum, w, broadcast8(&y.qs, 8 * g));
+            }
+            // Each row's sum is split over lanes 2r and 2r + 1: take the offset from the even ones.
+            isum = _mm512_sub_epi32(isum, _mm512_maskz_set1_epi32(0x5555, OFFSET * y.sum));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, _mm512_set1_ps(y.d)), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| row_sums(acc[t]))
+}
+
+macro_rules! rows8_block32_kernels {
+    ($($block:ident, $offset:literal: $repack:ident, $tile:ident, $single:ident;)*) => {$(
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub(crate) unsafe fn $repack(rows: &[&[u8]; 8], out: &mut [Rows8Q8]) {
+            super::avx2::repack_block32::<super::avx2::$block, $offset>(rows, out)
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub(crate) unsafe fn $tile(blocks: &[Rows8Q8], acts: &[&[BlockQ8]; TILE]) -> [[f32; 8]; TILE] {
+            rows8_block32::<$offset, TILE>(blocks, acts)
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+        pub(crate) unsafe fn $single(blocks: &[Rows8Q8], acts: &[BlockQ8]) -> [f32; 8] {
+            rows8_block32::<$offset, 1>(blocks, &[acts])[0]
+        }
+    )*};
+}
+
+rows8_block32_kernels! {
+    Q4_0, 8: q4_0_repack, q4_0_rows8_tile, q4_0_rows8;
+    Q5_0, 16: q5_0_repack, q5_0_rows8_tile, q5_0_rows8;
+    Q8_0, 128: q8_0_repack, q8_0_rows8_tile, q8_0_rows8;
 }

@@ -6,7 +6,10 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod rows8;
 pub mod scalar;
+
+pub use rows8::{Rows8K, Rows8Kernel, Rows8Path, Rows8Q8};
 
 use super::q8_act::{BlockQ8, BlockQ8K};
 use crate::dtype::DType;
@@ -48,48 +51,7 @@ pub struct Kernel {
     /// The multi-token form, where one exists (else prefill calls `dot` per token).
     pub tile: Option<TileDot>,
     /// The prefill form over rows repacked eight at a time, where one exists.
-    pub rows8: Option<Rows8Kernel>,
-}
-
-/// One K-quant super-block of eight rows, rearranged so that one 64-byte register
-/// holds 8 weights of each row (`weights[g]`: elements 8g..8g+8, row r at bytes
-/// 8r..8r+8, unpacked to unsigned bytes) and the factors are ready to load.
-/// Prefill repacks a chunk of rows once and runs every token over it.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-pub struct Rows8 {
-    pub weights: [[u8; 64]; 32],
-    /// Factor of block sum 4q + m for row r at `corrections[q][4r + m]`.
-    pub corrections: [[i16; 32]; 4],
-    /// The row's `d` and correction factor, each in lanes 2r and 2r + 1.
-    pub d: [f32; 16],
-    pub d_correction: [f32; 16],
-    /// Scale of weight group s of row r at `scales[s][r]`.
-    pub scales: [[i16; 8]; 16],
-}
-
-impl Default for Rows8 {
-    fn default() -> Self {
-        Rows8 {
-            weights: [[0; 64]; 32],
-            corrections: [[0; 32]; 4],
-            d: [0.0; 16],
-            d_correction: [0.0; 16],
-            scales: [[0; 8]; 16],
-        }
-    }
-}
-
-/// Eight repacked rows × [`TILE`] tokens: `result[token][row]`.
-pub type Rows8Tile = fn(&[Rows8], &[&[BlockQ8K]; TILE]) -> [[f32; 8]; TILE];
-
-/// The functions of the [`Rows8`] path: repack eight rows (all their super-blocks),
-/// then dot eight rows with [`TILE`] tokens or with one.
-#[derive(Clone, Copy)]
-pub struct Rows8Kernel {
-    pub repack: fn(&[&[u8]; 8], &mut [Rows8]),
-    pub tile: Rows8Tile,
-    pub single: fn(&[Rows8], &[BlockQ8K]) -> [f32; 8],
+    pub rows8: Option<Rows8Path>,
 }
 
 /// The portable kernel for `dtype`, if it has a direct one (others dequantize rows).
@@ -242,25 +204,63 @@ pub fn avx512_kernel(dtype: DType) -> Option<Kernel> {
             "Q4_K×Q8_K avx512-vnni",
             Q8K(|w, x| unsafe { avx512::q4_k(w, x) }),
             |w, x| unsafe { avx512::q4_k_tile(w, x) },
-            Rows8Kernel {
+            Rows8Path::Q8K(Rows8Kernel {
                 repack: |rows, out| unsafe { avx512::q4_k_repack(rows, out) },
                 tile: |blocks, x| unsafe { avx512::q4_k_rows8_tile(blocks, x) },
                 single: |blocks, x| unsafe { avx512::q4_k_rows8(blocks, x) },
-            },
+            }),
         ),
         DType::Q6_K => (
             "Q6_K×Q8_K avx512-vnni",
             Q8K(|w, x| unsafe { avx512::q6_k(w, x) }),
             |w, x| unsafe { avx512::q6_k_tile(w, x) },
-            Rows8Kernel {
+            Rows8Path::Q8K(Rows8Kernel {
                 repack: |rows, out| unsafe { avx512::q6_k_repack(rows, out) },
                 tile: |blocks, x| unsafe { avx512::q6_k_rows8_tile(blocks, x) },
                 single: |blocks, x| unsafe { avx512::q6_k_rows8(blocks, x) },
+            }),
+        ),
+        _ => return block32_with_rows8(dtype),
+    };
+    Some(Kernel { name, dot, tile: Some(TileDot::Q8K(tile)), rows8: Some(rows8) })
+}
+
+/// The signed 32-wide types: their AVX-VNNI (or AVX2) row and tile kernels for
+/// decoding, with the AVX-512 [`Rows8Q8`] form for prefill.
+#[cfg(target_arch = "x86_64")]
+fn block32_with_rows8(dtype: DType) -> Option<Kernel> {
+    // SAFETY (every closure below): avx512_kernel detected the features these functions need.
+    let (names, rows8) = match dtype {
+        DType::Q4_0 => (
+            ["Q4_0×Q8_0 avx-vnni, prefill avx512-vnni", "Q4_0×Q8_0 avx2, prefill avx512-vnni"],
+            Rows8Kernel {
+                repack: |rows, out| unsafe { avx512::q4_0_repack(rows, out) },
+                tile: |blocks, x| unsafe { avx512::q4_0_rows8_tile(blocks, x) },
+                single: |blocks, x| unsafe { avx512::q4_0_rows8(blocks, x) },
+            },
+        ),
+        DType::Q5_0 => (
+            ["Q5_0×Q8_0 avx-vnni, prefill avx512-vnni", "Q5_0×Q8_0 avx2, prefill avx512-vnni"],
+            Rows8Kernel {
+                repack: |rows, out| unsafe { avx512::q5_0_repack(rows, out) },
+                tile: |blocks, x| unsafe { avx512::q5_0_rows8_tile(blocks, x) },
+                single: |blocks, x| unsafe { avx512::q5_0_rows8(blocks, x) },
+            },
+        ),
+        DType::Q8_0 => (
+            ["Q8_0×Q8_0 avx-vnni, prefill avx512-vnni", "Q8_0×Q8_0 avx2, prefill avx512-vnni"],
+            Rows8Kernel {
+                repack: |rows, out| unsafe { avx512::q8_0_repack(rows, out) },
+                tile: |blocks, x| unsafe { avx512::q8_0_rows8_tile(blocks, x) },
+                single: |blocks, x| unsafe { avx512::q8_0_rows8(blocks, x) },
             },
         ),
         _ => return None,
     };
-    Some(Kernel { name, dot, tile: Some(TileDot::Q8K(tile)), rows8: Some(rows8) })
+    // AVX-512 VNNI without AVX-VNNI (Ice Lake, Cascade Lake) decodes with the AVX2 kernels.
+    let decode = vnni_kernel(dtype).or_else(|| avx2_kernel(dtype))?;
+    let name = if has_avx_vnni() { names[0] } else { names[1] };
+    Some(Kernel { name, rows8: Some(Rows8Path::Q8(rows8)), ..decode })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
