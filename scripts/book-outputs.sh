@@ -28,7 +28,17 @@ mkdir -p "$out"
 scratch=$(mktemp -d /tmp/apr-book.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 # Shown paths: ~ for the home directory, $S for the scratch folder.
-tidy() { sed -e "s#$scratch#\$S#g" -e "s#$HOME#~#g" -e "s#$root/##g"; }
+tidy() { sed -e "s#$scratch#\$S#g" -e "s#$target#target#g" -e "s#$HOME#~#g" -e "s#$root/##g"; }
+
+# `cargo apr test`'s stdout: cargo's own test output cut, the matrix and summary kept.
+matrix() { awk '/^gate /{ on = 1; if (NR > 1) print "..." } on { print }'; }
+
+# A model test's panic message: from its header to its last check, the position table cut to 6 rows.
+panic_message() {
+    awk '/^model test /{ on = 1 } on && /^stack backtrace:/{ exit } on' |
+        awk '/^ +[0-9]+ +[0-9]+ +[0-9]+ /{ if (++rows == 7) print "      ..."; if (rows > 6) next } { print }' |
+        sed -e :a -e '/^\n*$/{$d;N;ba' -e '}'
+}
 
 # The arguments as a shell would need them typed: quoted where they hold spaces or specials.
 shown() {
@@ -118,8 +128,7 @@ if wanted test; then
     code=$?
     {
         echo "\$ cargo apr test -p apr-examples"
-        grep -E '^(SKIP|test result|     Running)' "$scratch/err.txt" | trim 12 | tidy
-        tidy <"$scratch/raw.txt"
+        matrix <"$scratch/raw.txt" | tidy
         echo "[exit code $code]"
     } >"$out/test.txt"
 fi
@@ -143,12 +152,10 @@ EOF
     "$APR_BIN" apr test -p apr-examples -- --test book_failure_demo >"$scratch/raw.txt" 2>"$scratch/err.txt"
     code=$?
     rm -f "$demo"
-    # The panic message: from the model test's header to the last check.
-    awk '/^model test /{on=1} on{print} on && /^  \[(ok|FAILED)\]/{last=NR} ' "$scratch/err.txt" |
-        awk '{print} /^  \[FAILED\]/{exit}' | tidy >"$out/model-test-failure.txt"
+    panic_message <"$scratch/raw.txt" | tidy >"$out/model-test-failure.txt"
     {
         echo "\$ cargo apr test -p apr-examples -- --test book_failure_demo"
-        tidy <"$scratch/raw.txt"
+        matrix <"$scratch/raw.txt" | tidy
         echo "[exit code $code]"
     } >"$out/test-failure.txt"
 fi

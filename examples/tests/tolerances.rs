@@ -21,7 +21,7 @@ use apr_engine::testing::Report;
 )]
 fn q8_0_requantization_stays_close(report: &Report) {
     let checks = &report.prompts[0].checks;
-    // `expect equivalent`, then nmse, cosine, kld and top1: all passed, or the body would not run.
+    // `expect equivalent`, then kld, top1, nmse and cosine: all passed, or the body would not run.
     assert_eq!(checks.len(), 5);
     assert!(report.prompts[0].max_kld.is_some_and(|kld| kld > 0.0), "requantized logits differ a little");
 }
