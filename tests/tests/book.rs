@@ -12,8 +12,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use apr_engine::container::WriteOptions;
 use apr_engine::container::{apr, gguf, safetensors, MemorySource, MetaValue, Metadata, ModelFile, TensorSpec};
-use apr_engine::container::{TensorSource, WriteOptions};
 use apr_engine::kernels::dot::scalar_kernel;
 use apr_engine::quant;
 use apr_engine::testing::roundtrip::nmse_bound;
@@ -69,7 +69,8 @@ fn fences(text: &str) -> Vec<Fence> {
         let is_fence = marker.len() >= 3 && marker.chars().all(|c| c == marker.chars().next().unwrap());
         match &mut open {
             Some((opener, fence)) => {
-                let closes = is_fence && marker.starts_with(opener.as_str()) && trimmed[marker.len()..].trim().is_empty();
+                let closes =
+                    is_fence && marker.starts_with(opener.as_str()) && trimmed[marker.len()..].trim().is_empty();
                 if closes {
                     out.push(open.take().unwrap().1);
                 } else {
@@ -149,11 +150,8 @@ fn check_spec(text: &str, spec: &str) -> Result<(), String> {
         }
         return Ok(());
     }
-    let has_marker = |marker: &str| {
-        text.lines().any(|l| {
-            l.split_once(marker).is_some_and(|(_, after)| after.trim() == spec)
-        })
-    };
+    let has_marker =
+        |marker: &str| text.lines().any(|l| l.split_once(marker).is_some_and(|(_, after)| after.trim() == spec));
     match (has_marker("ANCHOR:"), has_marker("ANCHOR_END:")) {
         (true, true) => Ok(()),
         (false, _) => Err(format!("no `ANCHOR: {spec}` in the file")),
@@ -233,7 +231,8 @@ fn the_sample_checker_reports_each_kind_of_problem() {
     );
     std::fs::write(&chapter, text).unwrap();
     let problems = chapter_problems(&chapter, &compiled_target_roots());
-    let expect = ["chapter.md:3: a ```rust block must be one", "SUMMARY.md is not the root file", "no `ANCHOR: no_such_anchor`"];
+    let expect =
+        ["chapter.md:4: a ```rust block must be one", "SUMMARY.md is not the root file", "no `ANCHOR: no_such_anchor`"];
     for expected in expect {
         assert!(problems.iter().any(|p| p.contains(expected)), "{expected:?} not in {problems:#?}");
     }
@@ -265,13 +264,12 @@ fn container_holds(container: &str, dtype: DType, dir: &Path) -> bool {
     let bytes = vec![0u8; dtype.byte_size(&shape).unwrap() as usize];
     source.push(TensorSpec { name: "t.weight".into(), dtype, shape }, bytes).unwrap();
     let path = dir.join(format!("{}.{}", dtype.name(), container.to_lowercase()));
-    let writer: fn(&Path, &dyn TensorSource, WriteOptions, &mut dyn FnMut(u64)) -> apr_engine::Result<()> =
-        match container {
-            "GGUF" => gguf::write,
-            "APR" => apr::write,
-            _ => safetensors::write,
-        };
-    if writer(&path, &source, WriteOptions { force: true }, &mut |_| {}).is_err() {
+    let written = match container {
+        "GGUF" => gguf::write(&path, &source, WriteOptions { force: true }, &mut |_| {}),
+        "APR" => apr::write(&path, &source, WriteOptions { force: true }, &mut |_| {}),
+        _ => safetensors::write(&path, &source, WriteOptions { force: true }, &mut |_| {}),
+    };
+    if written.is_err() {
         return false;
     }
     let model = ModelFile::open(&path).unwrap_or_else(|e| panic!("{} written but unreadable: {e}", path.display()));
@@ -315,7 +313,8 @@ fn the_dtype_chapter_agrees_with_the_engine_row_by_row() {
     for (line, cells) in &rows {
         let at = format!("book/src/dtypes.md:{line}");
         let Some(dtype) = cells.get(1).and_then(|name| DType::from_name(name)) else {
-            problems.push(format!("{at}: `{}` is not a dtype of the engine", cells.get(1).cloned().unwrap_or_default()));
+            problems
+                .push(format!("{at}: `{}` is not a dtype of the engine", cells.get(1).cloned().unwrap_or_default()));
             continue;
         };
         seen.push(dtype);
