@@ -4,6 +4,7 @@
 use apr_engine::model_test;
 use apr_engine::testing::Report;
 
+// ANCHOR: roundtrip
 #[model_test(
     dtype_roundtrip,
     reference = "qwen2.5-coder-0.5b-instruct",
@@ -21,3 +22,4 @@ fn every_dtype_survives_every_container(report: &Report) {
         assert_eq!(cell.byte_exact, cell.tensors, "{}", cell.container);
     }
 }
+// ANCHOR_END: roundtrip

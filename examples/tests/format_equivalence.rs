@@ -4,6 +4,7 @@ use apr_engine::model_test;
 use apr_engine::testing::Report;
 use apr_engine::tracediff::Verdict;
 
+// ANCHOR: identical
 /// The GGUF file (Q4_K_M mix: Q4_K, Q5_0, Q6_K, Q8_0 blocks) against its APR
 /// conversion: APR stores the same blocks, so tokens and logits are bit-identical.
 #[model_test(
@@ -22,7 +23,9 @@ fn gguf_and_apr_q4k_are_identical(report: &Report) {
         assert!(prompt.trace.tokens.iter().all(|t| t.matches));
     }
 }
+// ANCHOR_END: identical
 
+// ANCHOR: converted_reference
 /// Both sides dequantized to F32, one written as SafeTensors (Hugging Face
 /// names and layout), one as APR: the values are equal, so is every logit.
 #[model_test(
@@ -36,3 +39,4 @@ fn gguf_and_apr_q4k_are_identical(report: &Report) {
     tolerance = logits(max_abs = 0.0),
 )]
 fn safetensors_f32_and_apr_f32_are_identical() {}
+// ANCHOR_END: converted_reference

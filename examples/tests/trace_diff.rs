@@ -5,6 +5,7 @@ use apr_engine::model_test;
 use apr_engine::testing::Report;
 use apr_engine::tracediff::Verdict;
 
+// ANCHOR: diverged
 #[model_test(
     trace_diff,
     reference = "qwen2.5-coder-0.5b-instruct",
@@ -18,7 +19,9 @@ fn scaled_ffn_down_is_blamed_on_layer_5(report: &Report) {
     let Verdict::Diverged { layer, .. } = &report.prompts[0].trace.verdict else { unreachable!() };
     assert_eq!(*layer, Some(5));
 }
+// ANCHOR_END: diverged
 
+// ANCHOR: golden
 /// The uncorrupted conversion, compared with every boundary traced: identical.
 /// Its greedy tokens and top logits are pinned in a golden snapshot, compared
 /// within 1e-2 (SIMD paths of other CPUs may round differently); a change of
@@ -34,3 +37,4 @@ fn scaled_ffn_down_is_blamed_on_layer_5(report: &Report) {
     golden = "tests/golden/clean_conversion.json",
 )]
 fn clean_conversion_traces_identical() {}
+// ANCHOR_END: golden
