@@ -136,7 +136,7 @@ fn check_one_conversion(cache: &Path, outcomes: &[Outcome], callers: usize) {
     );
     let mut entries: Vec<PathBuf> = std::fs::read_dir(cache).unwrap().map(|e| e.unwrap().path()).collect();
     entries.sort();
-    assert_eq!(entries, [first.path.clone()], "only the converted file is left (no lock, no temporary)");
+    assert_eq!(entries, std::slice::from_ref(&first.path), "only the converted file is left (no lock, no temporary)");
     // The output is a whole APR file of the model.
     let apr = ModelFile::open(&first.path).unwrap();
     let gguf = ModelFile::open(QWEN_0_5B.require()).unwrap();
