@@ -161,7 +161,7 @@ pub fn model_label(r: &ModelRef) -> String {
 fn convert_label(c: &ConvertSpec) -> String {
     let mut label = format!("convert({}, dtype = {}", c.to.extension(), c.dtype.label());
     for fault in c.faults {
-        label.push_str(&format!(", fault = {fault:?}"));
+        label.push_str(&format!(", fault = {fault}"));
     }
     label.push(')');
     label

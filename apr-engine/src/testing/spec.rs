@@ -112,6 +112,18 @@ pub enum FaultSpec {
     Swap(&'static str, &'static str),
 }
 
+/// As the attribute spells it: `scale("blk.5.ffn_down.weight", 1.5)`.
+impl std::fmt::Display for FaultSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FaultSpec::Scale(name, factor) => write!(f, "scale({name:?}, {factor})"),
+            FaultSpec::Zero(name) => write!(f, "zero({name:?})"),
+            FaultSpec::Noise(name, seed) => write!(f, "noise({name:?}, {seed})"),
+            FaultSpec::Swap(a, b) => write!(f, "swap({a:?}, {b:?})"),
+        }
+    }
+}
+
 impl FaultSpec {
     pub fn to_fault(self) -> super::faults::Fault {
         use super::faults::Fault;
