@@ -1,6 +1,7 @@
 //! Backends: the operations the forward pass is written against (DESIGN.md
 //! decision 4). The forward pass never does arithmetic itself.
 
+mod attention;
 pub mod cpu;
 pub mod reference;
 
