@@ -313,10 +313,10 @@ fn weighted_sum<'v, M: MulAdd, const R: usize, const W: usize>(
     let mut acc = [[0.0f32; W]; R];
     for p in 0..w[0].len() {
         let v: &[f32; W] = row(p).try_into().unwrap();
-        for i in 0..R {
-            let weight = w[i][p];
-            for l in 0..W {
-                acc[i][l] = M::mul_add(weight, v[l], acc[i][l]);
+        for (sums, weights) in acc.iter_mut().zip(&w) {
+            let weight = weights[p];
+            for (sum, &x) in sums.iter_mut().zip(v) {
+                *sum = M::mul_add(weight, x, *sum);
             }
         }
     }

@@ -16,6 +16,10 @@ impl Backend for Cpu {
         kernels::matmul(w, x, n_tokens, out);
     }
 
+    fn matmul_many(&self, ws: &[WeightMatrix], x: &[f32], n_tokens: usize, outs: &mut [&mut [f32]]) {
+        kernels::matmul_many(ws, x, n_tokens, outs);
+    }
+
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         let n = weight.len();
         for (row, out_row) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::dot::{self, RowDot, TileDot, TILE};
+use super::dot::{self, Kernel, RowDot, TileDot, TILE};
 use super::layout::{QK, QK_K};
 use super::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::WeightMatrix;
@@ -167,4 +167,59 @@ fn dequantizing_matmul(w: &WeightMatrix, x: &[f32], out: &mut [f32]) {
             }
         },
     );
+}
+
+/// Several matrices over the same input (q/k/v, gate/up): `outs[i] = ws[i] · x`,
+/// each equal bit for bit to [`matmul`] of that matrix. The activations are
+/// quantized once per format the kernels read, and the matrices' row chunks share
+/// one parallel region (no barrier between matrices). Dtypes may differ.
+pub fn matmul_many(ws: &[WeightMatrix], x: &[f32], n_tokens: usize, outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "matmul_many: {} matrices, {} outputs", ws.len(), outs.len());
+    let Some(cols) = ws.first().map(|w| w.cols) else { return };
+    let simple = n_tokens > 0 && cols > 0 && ws.iter().all(|w| w.cols == cols && w.rows > 0);
+    if !simple {
+        // Degenerate or mismatched shapes: `matmul` handles (and reports) each.
+        return ws.iter().zip(outs.iter_mut()).for_each(|(w, out)| matmul(w, x, n_tokens, out));
+    }
+    assert_eq!(x.len(), n_tokens * cols, "matmul_many: x has {} values, want {n_tokens} × {cols}", x.len());
+    let reads =
+        |format: fn(&RowDot) -> bool| ws.iter().any(|w| dot::best_kernel(w.dtype).is_some_and(|k| format(&k.dot)));
+    let q8_len = if reads(|d| matches!(d, RowDot::Q8(_))) { n_tokens * cols / QK } else { 0 };
+    let q8k_len = if reads(|d| matches!(d, RowDot::Q8K(_))) { n_tokens * cols / QK_K } else { 0 };
+    with_scratch(&Q8_SCRATCH, q8_len, |q8| {
+        with_scratch(&Q8K_SCRATCH, q8k_len, |q8k| {
+            if q8_len > 0 {
+                quantize_tokens(x, q8, quantize_q8);
+            }
+            if q8k_len > 0 {
+                quantize_tokens(x, q8k, quantize_q8k);
+            }
+            let (q8, q8k) = (&*q8, &*q8k);
+            ws.par_iter().zip(outs.par_iter_mut()).for_each(|(w, out)| {
+                assert_eq!(out.len(), n_tokens * w.rows, "matmul_many: output of {} values", out.len());
+                match dot::best_kernel(w.dtype) {
+                    None => dequantizing_matmul(w, x, out),
+                    Some(Kernel { dot: RowDot::Q8(f), tile, .. }) => run_chunks(w, q8, n_tokens, out, f, q8_tile(tile)),
+                    Some(Kernel { dot: RowDot::Q8K(f), tile, .. }) => {
+                        run_chunks(w, q8k, n_tokens, out, f, q8k_tile(tile))
+                    }
+                    Some(Kernel { dot: RowDot::Float(f), .. }) => run_chunks(w, x, n_tokens, out, f, None),
+                }
+            });
+        })
+    });
+}
+
+fn q8_tile(tile: Option<TileDot>) -> Option<TileFn<BlockQ8>> {
+    match tile {
+        Some(TileDot::Q8(t)) => Some(t),
+        _ => None,
+    }
+}
+
+fn q8k_tile(tile: Option<TileDot>) -> Option<TileFn<BlockQ8K>> {
+    match tile {
+        Some(TileDot::Q8K(t)) => Some(t),
+        _ => None,
+    }
 }
