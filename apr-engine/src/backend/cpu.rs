@@ -1,8 +1,6 @@
-//! The CPU backend: rayon across heads and rows, kernels from `crate::kernels`.
+//! The CPU backend: matrix kernels from `crate::kernels`, attention from `super::attention`.
 
-use rayon::prelude::*;
-
-use super::{AttentionShape, Backend};
+use super::{attention, AttentionShape, Backend};
 use crate::kernels::{self, WeightMatrix};
 use crate::model::weights::RopeStyle;
 
@@ -16,6 +14,10 @@ impl Backend for Cpu {
 
     fn matmul(&self, w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
         kernels::matmul(w, x, n_tokens, out);
+    }
+
+    fn matmul_many(&self, ws: &[WeightMatrix], x: &[f32], n_tokens: usize, outs: &mut [&mut [f32]]) {
+        kernels::matmul_many(ws, x, n_tokens, outs);
     }
 
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -50,29 +52,7 @@ impl Backend for Cpu {
     }
 
     fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], s: AttentionShape, out: &mut [f32]) {
-        let kv_dim = s.kv_heads * s.head_dim;
-        let group = s.heads / s.kv_heads;
-        let scale = 1.0 / (s.head_dim as f32).sqrt();
-        // One work item per (token, head); each writes its own head_dim slice.
-        out.par_chunks_mut(s.head_dim).enumerate().for_each_init(Vec::new, |scores, (item, out_head)| {
-            let (t, h) = (item / s.heads, item % s.heads);
-            let q_head = &q[item * s.head_dim..(item + 1) * s.head_dim];
-            let kv_offset = (h / group) * s.head_dim;
-            let visible = s.start_pos + t + 1;
-            scores.clear();
-            scores.extend((0..visible).map(|p| {
-                let k = &keys[p * kv_dim + kv_offset..p * kv_dim + kv_offset + s.head_dim];
-                q_head.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
-            }));
-            softmax_in_place(scores);
-            out_head.fill(0.0);
-            for (p, &w) in scores.iter().enumerate() {
-                let v = &values[p * kv_dim + kv_offset..p * kv_dim + kv_offset + s.head_dim];
-                for (o, &x) in out_head.iter_mut().zip(v) {
-                    *o += w * x;
-                }
-            }
-        });
+        attention::attention(q, keys, values, s, out);
     }
 
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
@@ -85,18 +65,5 @@ impl Backend for Cpu {
         for (a, &b) in x.iter_mut().zip(y) {
             *a += b;
         }
-    }
-}
-
-/// Numerically stable softmax.
-pub fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in x.iter_mut() {
-        *v /= sum;
     }
 }

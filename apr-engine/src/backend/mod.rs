@@ -1,6 +1,7 @@
 //! Backends: the operations the forward pass is written against (DESIGN.md
 //! decision 4). The forward pass never does arithmetic itself.
 
+mod attention;
 pub mod cpu;
 pub mod reference;
 
@@ -24,6 +25,14 @@ pub trait Backend: Send + Sync {
 
     /// `out[t][r] = W[r] . x[t]` for `n_tokens` rows of `x`.
     fn matmul(&self, w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]);
+
+    /// [`Backend::matmul`] of several matrices over the same `x` (`outs[i]` for
+    /// `ws[i]`); a backend may share work between them, results must not change.
+    fn matmul_many(&self, ws: &[WeightMatrix], x: &[f32], n_tokens: usize, outs: &mut [&mut [f32]]) {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(w, x, n_tokens, out);
+        }
+    }
 
     /// RMSNorm of each `weight.len()`-wide row of `x`, scaled by `weight`.
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]);

@@ -28,34 +28,7 @@ pub fn matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
         out.fill(0.0);
         return;
     }
-    let Some(kernel) = dot::best_kernel(w.dtype) else {
-        return dequantizing_matmul(w, x, out);
-    };
-    match (kernel.dot, kernel.tile) {
-        (RowDot::Q8(f), tile) => with_scratch(&Q8_SCRATCH, n_tokens * w.cols / QK, |acts| {
-            quantize_tokens(x, acts, quantize_q8);
-            if let Some(Rows8Path::Q8(rows8)) = kernel.rows8.filter(|_| n_tokens >= ROWS8_MIN_TOKENS) {
-                return run_rows8_chunks(w, acts, n_tokens, out, f, rows8, &ROWS8_Q8_SCRATCH);
-            }
-            let tile = match tile {
-                Some(TileDot::Q8(t)) => Some(t),
-                _ => None,
-            };
-            run_chunks(w, acts, n_tokens, out, f, tile);
-        }),
-        (RowDot::Q8K(f), tile) => with_scratch(&Q8K_SCRATCH, n_tokens * w.cols / QK_K, |acts| {
-            quantize_tokens(x, acts, quantize_q8k);
-            if let Some(Rows8Path::Q8K(rows8)) = kernel.rows8.filter(|_| n_tokens >= ROWS8_MIN_TOKENS) {
-                return run_rows8_chunks(w, acts, n_tokens, out, f, rows8, &ROWS8_K_SCRATCH);
-            }
-            let tile = match tile {
-                Some(TileDot::Q8K(t)) => Some(t),
-                _ => None,
-            };
-            run_chunks(w, acts, n_tokens, out, f, tile);
-        }),
-        (RowDot::Float(f), _) => run_chunks(w, x, n_tokens, out, f, None),
-    }
+    matmul_many(std::slice::from_ref(w), x, n_tokens, &mut [out]);
 }
 
 thread_local! {
@@ -231,4 +204,69 @@ fn dequantizing_matmul(w: &WeightMatrix, x: &[f32], out: &mut [f32]) {
             }
         },
     );
+}
+
+/// Several matrices over the same input (q/k/v, gate/up): `outs[i] = ws[i] · x`,
+/// each equal bit for bit to [`matmul`] of that matrix. The activations are
+/// quantized once per format the kernels read, and the matrices' row chunks share
+/// one parallel region (no barrier between matrices). Dtypes may differ.
+pub fn matmul_many(ws: &[WeightMatrix], x: &[f32], n_tokens: usize, outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "matmul_many: {} matrices, {} outputs", ws.len(), outs.len());
+    let Some(cols) = ws.first().map(|w| w.cols) else { return };
+    let simple = n_tokens > 0 && cols > 0 && ws.iter().all(|w| w.cols == cols && w.rows > 0);
+    if !simple {
+        // Degenerate or mismatched shapes: `matmul` handles (and reports) each.
+        return ws.iter().zip(outs.iter_mut()).for_each(|(w, out)| matmul(w, x, n_tokens, out));
+    }
+    assert_eq!(x.len(), n_tokens * cols, "matmul_many: x has {} values, want {n_tokens} × {cols}", x.len());
+    let reads =
+        |format: fn(&RowDot) -> bool| ws.iter().any(|w| dot::best_kernel(w.dtype).is_some_and(|k| format(&k.dot)));
+    let q8_len = if reads(|d| matches!(d, RowDot::Q8(_))) { n_tokens * cols / QK } else { 0 };
+    let q8k_len = if reads(|d| matches!(d, RowDot::Q8K(_))) { n_tokens * cols / QK_K } else { 0 };
+    with_scratch(&Q8_SCRATCH, q8_len, |q8| {
+        with_scratch(&Q8K_SCRATCH, q8k_len, |q8k| {
+            if q8_len > 0 {
+                quantize_tokens(x, q8, quantize_q8);
+            }
+            if q8k_len > 0 {
+                quantize_tokens(x, q8k, quantize_q8k);
+            }
+            let (q8, q8k) = (&*q8, &*q8k);
+            ws.par_iter().zip(outs.par_iter_mut()).for_each(|(w, out)| {
+                assert_eq!(out.len(), n_tokens * w.rows, "matmul_many: output of {} values", out.len());
+                run_matrix(w, x, q8, q8k, n_tokens, out);
+            });
+        })
+    });
+}
+
+/// One matrix over activations already quantized to the formats its kernel
+/// reads: the repacked path for long prompts where the kernel has one, else
+/// row chunks with the tile and row kernels, else dequantized rows.
+fn run_matrix(w: &WeightMatrix, x: &[f32], q8: &[BlockQ8], q8k: &[BlockQ8K], n_tokens: usize, out: &mut [f32]) {
+    let Some(kernel) = dot::best_kernel(w.dtype) else {
+        return dequantizing_matmul(w, x, out);
+    };
+    let rows8 = kernel.rows8.filter(|_| n_tokens >= ROWS8_MIN_TOKENS);
+    match (kernel.dot, rows8) {
+        (RowDot::Q8(f), Some(Rows8Path::Q8(r))) => run_rows8_chunks(w, q8, n_tokens, out, f, r, &ROWS8_Q8_SCRATCH),
+        (RowDot::Q8K(f), Some(Rows8Path::Q8K(r))) => run_rows8_chunks(w, q8k, n_tokens, out, f, r, &ROWS8_K_SCRATCH),
+        (RowDot::Q8(f), _) => run_chunks(w, q8, n_tokens, out, f, q8_tile(kernel.tile)),
+        (RowDot::Q8K(f), _) => run_chunks(w, q8k, n_tokens, out, f, q8k_tile(kernel.tile)),
+        (RowDot::Float(f), _) => run_chunks(w, x, n_tokens, out, f, None),
+    }
+}
+
+fn q8_tile(tile: Option<TileDot>) -> Option<TileFn<BlockQ8>> {
+    match tile {
+        Some(TileDot::Q8(t)) => Some(t),
+        _ => None,
+    }
+}
+
+fn q8k_tile(tile: Option<TileDot>) -> Option<TileFn<BlockQ8K>> {
+    match tile {
+        Some(TileDot::Q8K(t)) => Some(t),
+        _ => None,
+    }
 }

@@ -11,7 +11,7 @@ pub mod q8_act;
 use crate::dtype::DType;
 use crate::quant;
 
-pub use matmul::matmul;
+pub use matmul::{matmul, matmul_many};
 
 /// A row-major `[rows, cols]` weight borrowed in its file dtype.
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,6 @@
 //! The decoder forward pass, written once against [`Backend`].
 
+use std::sync::{Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::backend::{AttentionShape, Backend};
@@ -96,6 +97,48 @@ struct LayerVectors {
     v_bias: Option<Vec<f32>>,
 }
 
+/// The activations of one forward call, kept by the model between calls so
+/// that decoding a token allocates nothing but its logits. Every buffer is
+/// fully overwritten before it is read.
+#[derive(Debug, Default)]
+struct Workspace {
+    /// The residual stream, `n × hidden`.
+    x: Vec<f32>,
+    /// The normed input of the current block, `n × hidden`.
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention output before the output projection, `n × heads × head_dim`.
+    attn: Vec<f32>,
+    /// A block's output (out or down projection), `n × hidden`.
+    block_out: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    final_norm: Vec<f32>,
+}
+
+impl Workspace {
+    /// Sizes every buffer for `n` tokens (capacity is kept, so steady decoding never reallocates).
+    fn prepare(&mut self, c: &ModelConfig, n: usize) {
+        let q_dim = c.heads * c.head_dim;
+        let kv_dim = c.kv_heads * c.head_dim;
+        for (buf, width) in [
+            (&mut self.x, c.hidden),
+            (&mut self.normed, c.hidden),
+            (&mut self.q, q_dim),
+            (&mut self.k, kv_dim),
+            (&mut self.v, kv_dim),
+            (&mut self.attn, q_dim),
+            (&mut self.block_out, c.hidden),
+            (&mut self.gate, c.ffn),
+            (&mut self.up, c.ffn),
+        ] {
+            buf.resize(n * width, 0.0);
+        }
+    }
+}
+
 /// A loaded decoder: the mapped file, where its weights are, and a backend.
 pub struct Model {
     pub file: ModelFile,
@@ -104,6 +147,8 @@ pub struct Model {
     backend: Box<dyn Backend>,
     layer_vectors: Vec<LayerVectors>,
     output_norm: Vec<f32>,
+    /// Reused by forward calls; a call that finds it busy (another thread) uses a fresh one.
+    workspace: Mutex<Workspace>,
 }
 
 /// Which positions of a forward call produce logits.
@@ -133,7 +178,8 @@ impl Model {
             })
             .collect::<Result<Vec<_>>>()?;
         let output_norm = vector(weights.output_norm)?;
-        Ok(Model { file, config, weights, backend, layer_vectors, output_norm })
+        let workspace = Mutex::default();
+        Ok(Model { file, config, weights, backend, layer_vectors, output_norm, workspace })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -169,61 +215,76 @@ impl Model {
                 cache.capacity()
             )));
         }
+        // The buffers are overwritten before use, so a poisoned lock's contents are fine.
+        let mut fresh = Workspace::default();
+        let mut guard = match self.workspace.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        let ws = guard.as_deref_mut().unwrap_or(&mut fresh);
+        ws.prepare(c, n);
         observer.begin(start, n);
-        let mut x = timed(observer, None, Op::Embedding, || self.embed(tokens))?;
-        observer.observe(None, Boundary::Embedding, &x);
-        let mut normed = vec![0.0; n * c.hidden];
+        timed(observer, None, Op::Embedding, || self.embed(tokens, &mut ws.x))?;
+        observer.observe(None, Boundary::Embedding, &ws.x);
         for layer in 0..c.layers {
-            self.attention_block(layer, &mut x, &mut normed, start, cache, observer);
-            self.ffn_block(layer, &mut x, &mut normed, observer);
+            self.attention_block(layer, ws, start, cache, observer);
+            self.ffn_block(layer, ws, observer);
         }
         cache.advance(n);
         let rows = match logits {
-            Logits::Last => &x[(n - 1) * c.hidden..],
-            Logits::All => &x[..],
+            Logits::Last => &ws.x[(n - 1) * c.hidden..],
+            Logits::All => &ws.x[..],
         };
         let n_rows = rows.len() / c.hidden;
         let b = &*self.backend;
-        let mut final_norm = vec![0.0; rows.len()];
-        timed(observer, None, Op::FinalNorm, || b.rms_norm(rows, &self.output_norm, c.rms_eps, &mut final_norm));
-        observer.observe(None, Boundary::FinalNorm, &final_norm);
+        let final_norm = &mut ws.final_norm;
+        final_norm.resize(rows.len(), 0.0);
+        timed(observer, None, Op::FinalNorm, || b.rms_norm(rows, &self.output_norm, c.rms_eps, final_norm));
+        observer.observe(None, Boundary::FinalNorm, final_norm);
         let mut out = vec![0.0; n_rows * c.vocab];
         let head = matrix(&self.file, self.weights.output);
-        timed(observer, None, Op::LmHead, || b.matmul(&head, &final_norm, n_rows, &mut out));
+        timed(observer, None, Op::LmHead, || b.matmul(&head, final_norm, n_rows, &mut out));
         observer.observe(None, Boundary::Logits, &out);
         observer.end();
         Ok(out)
     }
 
-    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let hidden = self.config.hidden;
+    fn embed(&self, tokens: &[u32], x: &mut [f32]) -> Result<()> {
         let table = matrix(&self.file, self.weights.embedding);
-        let mut x = vec![0.0; tokens.len() * hidden];
-        for (&token, row) in tokens.iter().zip(x.chunks_exact_mut(hidden)) {
+        for (&token, row) in tokens.iter().zip(x.chunks_exact_mut(self.config.hidden)) {
             if token as usize >= table.rows {
                 return Err(Error::Invalid(format!("token id {token} is outside the vocabulary ({})", table.rows)));
             }
             kernels::row_f32(&table, token as usize, row);
         }
-        Ok(x)
+        Ok(())
     }
 
-    /// A matrix product `n` rows of `input` by weight `index`, plus an optional bias.
-    fn project(&self, index: TensorIndex, bias: Option<&[f32]>, input: &[f32], n: usize) -> Vec<f32> {
-        let w = matrix(&self.file, index);
-        let mut out = vec![0.0; n * w.rows];
-        self.backend.matmul(&w, input, n, &mut out);
-        if let Some(bias) = bias {
-            out.chunks_exact_mut(w.rows).for_each(|row| self.backend.add(row, bias));
+    /// `outs[i]` = `n` rows of `input` times weight `indices[i]`, plus bias `biases[i]`:
+    /// one backend call for all the matrices (they share the activation work).
+    fn project<const N: usize>(
+        &self,
+        indices: [TensorIndex; N],
+        biases: [Option<&[f32]>; N],
+        input: &[f32],
+        n: usize,
+        outs: [&mut [f32]; N],
+    ) {
+        let ws = indices.map(|i| matrix(&self.file, i));
+        let mut outs = outs;
+        self.backend.matmul_many(&ws, input, n, &mut outs);
+        for ((out, bias), w) in outs.into_iter().zip(biases).zip(&ws) {
+            if let Some(bias) = bias {
+                out.chunks_exact_mut(w.rows).for_each(|row| self.backend.add(row, bias));
+            }
         }
-        out
     }
 
     fn attention_block(
         &self,
         layer: usize,
-        x: &mut [f32],
-        normed: &mut [f32],
+        ws: &mut Workspace,
         start: usize,
         cache: &mut KvCache,
         observer: &mut dyn Observer,
@@ -232,25 +293,24 @@ impl Model {
         let (w, v) = (&self.weights.layers[layer], &self.layer_vectors[layer]);
         let b = &*self.backend;
         let at = Some(layer);
-        let n = x.len() / c.hidden;
+        let n = ws.x.len() / c.hidden;
+        let Workspace { x, normed, q, k, v: values, attn, block_out, .. } = ws;
         timed(observer, at, Op::AttnNorm, || b.rms_norm(x, &v.attn_norm, c.rms_eps, normed));
         observer.observe(at, Boundary::AttnNorm, normed);
-        let (mut q, mut k, values) = timed(observer, at, Op::QkvProjection, || {
-            let q = self.project(w.q, v.q_bias.as_deref(), normed, n);
-            let k = self.project(w.k, v.k_bias.as_deref(), normed, n);
-            (q, k, self.project(w.v, v.v_bias.as_deref(), normed, n))
+        timed(observer, at, Op::QkvProjection, || {
+            let biases = [v.q_bias.as_deref(), v.k_bias.as_deref(), v.v_bias.as_deref()];
+            self.project([w.q, w.k, w.v], biases, normed, n, [q, k, values]);
         });
-        observer.observe(at, Boundary::Q, &q);
-        observer.observe(at, Boundary::K, &k);
-        observer.observe(at, Boundary::V, &values);
+        observer.observe(at, Boundary::Q, q);
+        observer.observe(at, Boundary::K, k);
+        observer.observe(at, Boundary::V, values);
         timed(observer, at, Op::Rope, || {
-            b.rope(&mut q, c.heads, c.head_dim, start, c.rope_base, self.weights.rope);
-            b.rope(&mut k, c.kv_heads, c.head_dim, start, c.rope_base, self.weights.rope);
+            b.rope(q, c.heads, c.head_dim, start, c.rope_base, self.weights.rope);
+            b.rope(k, c.kv_heads, c.head_dim, start, c.rope_base, self.weights.rope);
         });
-        let attn = timed(observer, at, Op::Attention, || {
-            cache.store(layer, start, &k, &values);
+        timed(observer, at, Op::Attention, || {
+            cache.store(layer, start, k, values);
             let (keys, vals) = cache.layer(layer, start + n);
-            let mut attn = vec![0.0; n * c.heads * c.head_dim];
             let shape = AttentionShape {
                 n_tokens: n,
                 start_pos: start,
@@ -258,30 +318,28 @@ impl Model {
                 kv_heads: c.kv_heads,
                 head_dim: c.head_dim,
             };
-            b.attention(&q, keys, vals, shape, &mut attn);
-            attn
+            b.attention(q, keys, vals, shape, attn);
         });
-        let projected = timed(observer, at, Op::OutProjection, || self.project(w.o, None, &attn, n));
-        observer.observe(at, Boundary::AttnOutput, &projected);
-        timed(observer, at, Op::AttnResidual, || b.add(x, &projected));
+        timed(observer, at, Op::OutProjection, || self.project([w.o], [None], attn, n, [block_out]));
+        observer.observe(at, Boundary::AttnOutput, block_out);
+        timed(observer, at, Op::AttnResidual, || b.add(x, block_out));
         observer.observe(at, Boundary::AttnResidual, x);
     }
 
-    fn ffn_block(&self, layer: usize, x: &mut [f32], normed: &mut [f32], observer: &mut dyn Observer) {
+    fn ffn_block(&self, layer: usize, ws: &mut Workspace, observer: &mut dyn Observer) {
         let c = &self.config;
         let (w, v) = (&self.weights.layers[layer], &self.layer_vectors[layer]);
         let b = &*self.backend;
         let at = Some(layer);
-        let n = x.len() / c.hidden;
+        let n = ws.x.len() / c.hidden;
+        let Workspace { x, normed, gate, up, block_out, .. } = ws;
         timed(observer, at, Op::FfnNorm, || b.rms_norm(x, &v.ffn_norm, c.rms_eps, normed));
         observer.observe(at, Boundary::FfnNorm, normed);
-        let (mut gate, up) = timed(observer, at, Op::GateUpProjection, || {
-            (self.project(w.gate, None, normed, n), self.project(w.up, None, normed, n))
-        });
-        timed(observer, at, Op::Activation, || b.silu_mul(&mut gate, &up));
-        let down = timed(observer, at, Op::DownProjection, || self.project(w.down, None, &gate, n));
-        observer.observe(at, Boundary::FfnOutput, &down);
-        timed(observer, at, Op::FfnResidual, || b.add(x, &down));
+        timed(observer, at, Op::GateUpProjection, || self.project([w.gate, w.up], [None, None], normed, n, [gate, up]));
+        timed(observer, at, Op::Activation, || b.silu_mul(gate, up));
+        timed(observer, at, Op::DownProjection, || self.project([w.down], [None], gate, n, [block_out]));
+        observer.observe(at, Boundary::FfnOutput, block_out);
+        timed(observer, at, Op::FfnResidual, || b.add(x, block_out));
         observer.observe(at, Boundary::FfnResidual, x);
     }
 }
