@@ -111,22 +111,24 @@ fn attend(q: &[f32], keys: &[f32], values: &[f32], s: &AttentionShape, task: &mu
             return unsafe { attend_avx2(q, keys, values, s, task, scratch) };
         }
     }
-    attend_task::<8>(q, keys, values, s, task, scratch)
+    attend_task::<8>(q, keys, values, s, task, scratch, dots::<8>)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attend_avx512(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape, task: &mut Task, scratch: &mut Scratch) {
-    attend_task::<16>(q, k, v, s, task, scratch)
+    // SAFETY: this function runs only where AVX-512F is present.
+    attend_task::<16>(q, k, v, s, task, scratch, |a, tile| unsafe { dots_avx512(a, tile) })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_avx2(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape, task: &mut Task, scratch: &mut Scratch) {
-    attend_task::<8>(q, k, v, s, task, scratch)
+    // SAFETY: this function runs only where AVX2 is present.
+    attend_task::<8>(q, k, v, s, task, scratch, |a, tile| unsafe { dots_avx2(a, tile) })
 }
 
-/// One task, `L` lanes per vector.
+/// One task, `L` lanes per vector; `dots` is [`dots`] for this instruction set.
 #[inline(always)]
 fn attend_task<const L: usize>(
     q: &[f32],
@@ -135,6 +137,7 @@ fn attend_task<const L: usize>(
     s: &AttentionShape,
     task: &mut Task,
     scratch: &mut Scratch,
+    dots: impl Fn([&[f32]; RQ], &[f32]) -> [[f32; L]; RQ],
 ) {
     let d = s.head_dim;
     let group = s.heads / s.kv_heads;
@@ -162,7 +165,7 @@ fn attend_task<const L: usize>(
                 continue;
             }
             let a: [&[f32]; RQ] = std::array::from_fn(|i| &queries[(r0 + i) * d..(r0 + i + 1) * d]);
-            let block = dots::<L>(a, &key_tile[..d * L]);
+            let block = dots(a, &key_tile[..d * L]);
             for (i, lanes) in block.iter().enumerate() {
                 let row = &mut scores[(r0 + i) * n_keys + p0..][..width];
                 row.iter_mut().zip(lanes).for_each(|(s, &dot)| *s = dot * scale);
@@ -260,6 +263,60 @@ fn dots<const L: usize>(a: [&[f32]; RQ], tile: &[f32]) -> [[f32; L]; RQ] {
         }
     }
     acc
+}
+
+/// [`dots`] in AVX-512 (the compiler keeps the portable form's accumulators in memory).
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dots_avx512(a: [&[f32]; RQ], tile: &[f32]) -> [[f32; 16]; RQ] {
+    use std::arch::x86_64::*;
+    let depth = tile.len() / 16;
+    assert!(a.iter().all(|row| row.len() >= depth));
+    let mut acc = [_mm512_set1_ps(-0.0); RQ];
+    for c in 0..depth {
+        // SAFETY: c < depth, so the tile load and every row[c] are in bounds (asserted above).
+        let keys = unsafe { _mm512_loadu_ps(tile.as_ptr().add(c * 16)) };
+        for (sum, row) in acc.iter_mut().zip(&a) {
+            let x = _mm512_set1_ps(unsafe { *row.get_unchecked(c) });
+            *sum = _mm512_add_ps(*sum, _mm512_mul_ps(x, keys));
+        }
+    }
+    acc.map(|v| {
+        let mut lanes = [0.0f32; 16];
+        // SAFETY: 16 floats fit in `lanes`.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+        lanes
+    })
+}
+
+/// [`dots`] in AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dots_avx2(a: [&[f32]; RQ], tile: &[f32]) -> [[f32; 8]; RQ] {
+    use std::arch::x86_64::*;
+    let depth = tile.len() / 8;
+    assert!(a.iter().all(|row| row.len() >= depth));
+    let mut acc = [_mm256_set1_ps(-0.0); RQ];
+    for c in 0..depth {
+        // SAFETY: c < depth, so the tile load and every row[c] are in bounds (asserted above).
+        let keys = unsafe { _mm256_loadu_ps(tile.as_ptr().add(c * 8)) };
+        for (sum, row) in acc.iter_mut().zip(&a) {
+            let x = _mm256_set1_ps(unsafe { *row.get_unchecked(c) });
+            *sum = _mm256_add_ps(*sum, _mm256_mul_ps(x, keys));
+        }
+    }
+    acc.map(|v| {
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: 8 floats fit in `lanes`.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        lanes
+    })
 }
 
 /// For each of `R` weight rows, `Σ_p w[p]·row(p)` from 0.0 in `p` order, over
@@ -387,7 +444,7 @@ mod tests {
     type Variant = fn(&[f32], &[f32], &[f32], &AttentionShape, &mut Task, &mut Scratch);
     fn variants() -> Vec<(&'static str, Variant)> {
         let mut all: Vec<(&'static str, Variant)> =
-            vec![("portable", |q, k, v, s, t, sc| attend_task::<8>(q, k, v, s, t, sc))];
+            vec![("portable", |q, k, v, s, t, sc| attend_task::<8>(q, k, v, s, t, sc, dots::<8>))];
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") {
