@@ -33,12 +33,15 @@ impl Backend for Cpu {
 
     fn rope(&self, x: &mut [f32], heads: usize, head_dim: usize, start_pos: usize, base: f32, style: RopeStyle) {
         let half = head_dim / 2;
+        // The angles depend on position and pair only: computed once per token for all its heads.
+        let mut sin_cos = vec![(0.0f32, 0.0f32); half];
         for (t, token) in x.chunks_exact_mut(heads * head_dim).enumerate() {
             let pos = (start_pos + t) as f32;
+            for (i, sc) in sin_cos.iter_mut().enumerate() {
+                *sc = (pos * base.powf(-2.0 * i as f32 / head_dim as f32)).sin_cos();
+            }
             for head in token.chunks_exact_mut(head_dim) {
-                for i in 0..half {
-                    let theta = pos * base.powf(-2.0 * i as f32 / head_dim as f32);
-                    let (sin, cos) = theta.sin_cos();
+                for (i, &(sin, cos)) in sin_cos.iter().enumerate() {
                     let (a, b) = match style {
                         RopeStyle::Halves => (i, i + half),
                         RopeStyle::Interleaved => (2 * i, 2 * i + 1),
