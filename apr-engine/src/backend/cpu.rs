@@ -1,11 +1,29 @@
 //! The CPU backend: matrix kernels from `crate::kernels`, attention from `super::attention`.
 
+use rayon::prelude::*;
+
 use super::{attention, AttentionShape, Backend};
 use crate::kernels::{self, WeightMatrix};
 use crate::model::weights::RopeStyle;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cpu;
+
+/// Below this many values an element-wise op runs on the calling thread: a
+/// decode step's vectors are done before the other threads would wake up.
+const PARALLEL_MIN_VALUES: usize = 1 << 15;
+
+/// `x[i] = f(x[i], y[i])`, split over rayon's threads for prompt-sized inputs
+/// (each element is computed the same way either way, so results are identical).
+fn elementwise(x: &mut [f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    assert_eq!(x.len(), y.len(), "element-wise op over {} and {} values", x.len(), y.len());
+    let apply = |(xs, ys): (&mut [f32], &[f32])| xs.iter_mut().zip(ys).for_each(|(a, &b)| *a = f(*a, b));
+    if x.len() < PARALLEL_MIN_VALUES {
+        apply((x, y));
+    } else {
+        x.par_chunks_mut(PARALLEL_MIN_VALUES / 4).zip(y.par_chunks(PARALLEL_MIN_VALUES / 4)).for_each(apply);
+    }
+}
 
 impl Backend for Cpu {
     fn name(&self) -> &'static str {
@@ -22,12 +40,17 @@ impl Backend for Cpu {
 
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         let n = weight.len();
-        for (row, out_row) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let norm_row = |(row, out_row): (&[f32], &mut [f32])| {
             let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
             let scale = 1.0 / (mean_sq + eps).sqrt();
             for ((o, &v), &g) in out_row.iter_mut().zip(row).zip(weight) {
                 *o = v * scale * g;
             }
+        };
+        if x.len() < PARALLEL_MIN_VALUES {
+            x.chunks_exact(n).zip(out.chunks_exact_mut(n)).for_each(norm_row);
+        } else {
+            x.par_chunks_exact(n).zip(out.par_chunks_exact_mut(n)).for_each(norm_row);
         }
     }
 
@@ -59,14 +82,10 @@ impl Backend for Cpu {
     }
 
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
-        for (g, &u) in gate.iter_mut().zip(up) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        elementwise(gate, up, |g, u| g / (1.0 + (-g).exp()) * u);
     }
 
     fn add(&self, x: &mut [f32], y: &[f32]) {
-        for (a, &b) in x.iter_mut().zip(y) {
-            *a += b;
-        }
+        elementwise(x, y, |a, b| a + b);
     }
 }

@@ -80,6 +80,20 @@ fn rows_per_chunk(w: &WeightMatrix) -> usize {
     by_cache.min(by_balance).max(1)
 }
 
+/// Repacked bytes a prefill chunk keeps in L2 while every token passes over it.
+/// The repacked form is about twice the weights' size, and each chunk streams all
+/// the tokens' activations once, so chunks are bigger than [`CHUNK_BYTES`].
+const ROWS8_CHUNK_BYTES: usize = 512 * 1024;
+
+/// Rows per repacked chunk: whole eights, within [`ROWS8_CHUNK_BYTES`], and
+/// several chunks per thread.
+fn rows8_per_chunk<B>(w: &WeightMatrix, blocks_per_row: usize) -> usize {
+    let group_bytes = blocks_per_row * std::mem::size_of::<B>();
+    let by_cache = (ROWS8_CHUNK_BYTES / group_bytes.max(1)).max(1) * 8;
+    let by_balance = w.rows.div_ceil(rayon::current_num_threads() * CHUNKS_PER_THREAD).next_multiple_of(8);
+    by_cache.min(by_balance)
+}
+
 /// The output, shared by chunks that each write a disjoint set of rows.
 struct SharedOut {
     ptr: *mut f32,
@@ -151,7 +165,7 @@ fn run_rows8_chunks<B: Default + Clone, A: Sync>(
     let blocks_per_row = acts.len() / n_tokens;
     let token = |t: usize| &acts[t * blocks_per_row..(t + 1) * blocks_per_row];
     let tiled_tokens = n_tokens / TILE * TILE;
-    let chunk = rows_per_chunk(w).next_multiple_of(8);
+    let chunk = rows8_per_chunk::<B>(w, blocks_per_row);
     let shared = SharedOut { ptr: out.as_mut_ptr(), len: out.len() };
     (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let rows = c * chunk..((c + 1) * chunk).min(w.rows);
