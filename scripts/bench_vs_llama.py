@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("APR_MODEL_DIR", Path.home() / ".cache/apr/models"))
 LLAMA = Path(os.environ.get("APR_LLAMA_DIR", Path.home() / ".cache/apr/llama.cpp")) / "build/bin"
+# The release build of cargo-apr, wherever cargo puts it.
+APR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release/cargo-apr"
 DEFAULT_MODELS = ["qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "qwen2.5-coder-0.5b-instruct.gguf"]
 
 
@@ -51,7 +53,7 @@ def llama_bench(model, threads, reps, prompt_sizes, gen):
 
 
 def apr_bench(model, threads, reps, prompt_sizes, gen):
-    exe = ROOT / "target/release/cargo-apr"
+    exe = APR
     result = {"rss": 0}
     for i, pp in enumerate(prompt_sizes):
         cmd = [exe, "bench", model, "--threads", str(threads), "--reps", str(reps),
@@ -66,7 +68,7 @@ def apr_bench(model, threads, reps, prompt_sizes, gen):
 
 
 def open_time(model):
-    exe = ROOT / "target/release/cargo-apr"
+    exe = APR
     subprocess.run([exe, "inspect", model], capture_output=True, check=True)  # warm the page cache
     started = time.perf_counter()
     subprocess.run([exe, "inspect", model], capture_output=True, check=True)
