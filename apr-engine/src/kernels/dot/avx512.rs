@@ -431,3 +431,79 @@ rows8_block32_kernels! {
     Q5_0, 16: q5_0_repack, q5_0_rows8_tile, q5_0_rows8;
     Q8_0, 128: q8_0_repack, q8_0_rows8_tile, q8_0_rows8;
 }
+
+/// A Q5_0 block's 32 weights plus 16, as unsigned bytes (0..32): the low nibbles
+/// are elements 0..16, the high ones 16..32, and bit j of `qh` is element j's
+/// fifth bit, added in one masked instruction.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q5_0_unsigned(b: &[u8]) -> __m256i {
+    use layout::q5_0::*;
+    let packed = _mm_loadu_si128(b[QS..QS + 16].as_ptr() as *const __m128i);
+    let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4));
+    let nibbles = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+    _mm256_mask_add_epi8(nibbles, layout::u32_at(b, QH), nibbles, _mm256_set1_epi8(0x10))
+}
+
+/// Two 256-bit halves as one register.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn join(low: __m256i, high: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high)
+}
+
+/// Q5_0 against `T` tokens, two blocks per 512-bit register: one `vpdpbusd` per
+/// pair, the +16 shift taken back through the activations' exact sums, and one
+/// FMA with both blocks' scales. An odd last block runs in the low half alone.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q5_0_blocks<const T: usize>(row: &[u8], acts: &[&[BlockQ8]; T]) -> [f32; T] {
+    use layout::q5_0::BYTES;
+    let n = row.len() / BYTES;
+    assert!(acts.iter().all(|a| a.len() >= n), "fewer activation blocks than weight blocks");
+    let mut acc = [_mm512_setzero_ps(); T];
+    for i in (0..n).step_by(2) {
+        let a = &row[i * BYTES..(i + 1) * BYTES];
+        _mm_prefetch::<_MM_HINT_T0>(a.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
+        let pair = i + 1 < n;
+        let (w_b, d_b) = if pair {
+            let b = &row[(i + 1) * BYTES..(i + 2) * BYTES];
+            (q5_0_unsigned(b), f16(b, 0))
+        } else {
+            (_mm256_setzero_si256(), 0.0)
+        };
+        let w = join(q5_0_unsigned(a), w_b);
+        let d_a = f16(a, 0);
+        for t in 0..T {
+            // SAFETY: i (and i + 1 when `pair`) < n <= acts[t].len(), asserted above.
+            let ya = acts[t].get_unchecked(i);
+            let load = |y: &BlockQ8| _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            let (y_b, sum_b, scale_b) = if pair {
+                let yb = acts[t].get_unchecked(i + 1);
+                (load(yb), yb.sum, d_b * yb.d)
+            } else {
+                (_mm256_setzero_si256(), 0, 0.0)
+            };
+            let mut isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, join(load(ya), y_b));
+            let shift =
+                _mm512_or_si512(_mm512_maskz_set1_epi32(1, 16 * ya.sum), _mm512_maskz_set1_epi32(1 << 8, 16 * sum_b));
+            isum = _mm512_sub_epi32(isum, shift);
+            let scale = _mm512_castsi512_ps(join(
+                _mm256_castps_si256(_mm256_set1_ps(d_a * ya.d)),
+                _mm256_castps_si256(_mm256_set1_ps(scale_b)),
+            ));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[t]);
+        }
+    }
+    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn q5_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
+    q5_0_blocks::<1>(row, &[acts])[0]
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn q5_0_tile(row: &[u8], acts: &[&[BlockQ8]; TILE]) -> [f32; TILE] {
+    q5_0_blocks::<TILE>(row, acts)
+}

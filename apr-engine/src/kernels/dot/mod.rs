@@ -240,7 +240,7 @@ fn block32_with_rows8(dtype: DType) -> Option<Kernel> {
             },
         ),
         DType::Q5_0 => (
-            ["Q5_0×Q8_0 avx-vnni, prefill avx512-vnni", "Q5_0×Q8_0 avx2, prefill avx512-vnni"],
+            ["Q5_0×Q8_0 avx512-vnni", "Q5_0×Q8_0 avx512-vnni"], // decoding too: see below
             Rows8Kernel {
                 repack: |rows, out| unsafe { avx512::q5_0_repack(rows, out) },
                 tile: |blocks, x| unsafe { avx512::q5_0_rows8_tile(blocks, x) },
@@ -257,6 +257,15 @@ fn block32_with_rows8(dtype: DType) -> Option<Kernel> {
         ),
         _ => return None,
     };
+    if dtype == DType::Q5_0 {
+        // Decoding Q5_0 is bound by unpacking its fifth bits: the AVX-512 form does two blocks at once.
+        return Some(Kernel {
+            name: "Q5_0×Q8_0 avx512-vnni",
+            dot: RowDot::Q8(|w, x| unsafe { avx512::q5_0(w, x) }),
+            tile: Some(TileDot::Q8(|w, x| unsafe { avx512::q5_0_tile(w, x) })),
+            rows8: Some(Rows8Path::Q8(rows8)),
+        });
+    }
     // AVX-512 VNNI without AVX-VNNI (Ice Lake, Cascade Lake) decodes with the AVX2 kernels.
     let decode = vnni_kernel(dtype).or_else(|| avx2_kernel(dtype))?;
     let name = if has_avx_vnni() { names[0] } else { names[1] };
