@@ -16,17 +16,9 @@ use proptest::prelude::*;
 
 // ---------------------------------------------------------------- helpers
 
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+/// Deterministic pseudo-random bytes, so failures reproduce.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    apr_engine::testing::pseudo_random_bytes(seed, len)
 }
 
 fn strings(items: &[&str]) -> MetaValue {

@@ -95,15 +95,7 @@ fn stderr(assert: &assert_cmd::assert::Assert) -> String {
 
 /// `len` bytes that differ with `seed` (xorshift), standing in for a model file.
 fn model_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    apr_engine::testing::pseudo_random_bytes(seed, len)
 }
 
 fn sha256_of(bytes: &[u8]) -> String {

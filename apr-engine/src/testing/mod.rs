@@ -20,3 +20,17 @@ pub mod runner;
 pub mod spec;
 
 pub use report::{Report, Status};
+
+/// `len` deterministic pseudo-random bytes for `seed` (xorshift64): stand-ins for
+/// file contents in tests, the same on every run so that failures reproduce.
+pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
