@@ -1,0 +1,205 @@
+//! Every `cargo apr` subcommand end to end on the real 0.5B model: what it
+//! prints and its exit code (0 pass, 1 failure or error, 2 usage, 5 diverged),
+//! for a good input and for a bad one. `trace-diff` and `compare-inference` are
+//! in `cli_diff.rs`, `test` in `test_command.rs`, `fetch` in `fetch_sources.rs`.
+
+use std::path::{Path, PathBuf};
+
+use apr_engine::container::ModelFile;
+use apr_engine::testing::faults::{write_faulty_copy, Fault};
+use apr_engine::testing::models::QWEN_0_5B;
+use assert_cmd::Command;
+
+fn apr(args: &[&str]) -> Command {
+    let mut command = Command::cargo_bin("cargo-apr").unwrap();
+    command.arg("apr").args(args);
+    command
+}
+
+fn model() -> String {
+    QWEN_0_5B.require().display().to_string()
+}
+
+/// Runs `command`, checks its exit code, returns stdout and stderr.
+fn outputs(command: &mut Command, code: i32) -> (String, String) {
+    let output = command.assert().code(code).get_output().clone();
+    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn faulty_copy(dir: &Path, name: &str, faults: &[Fault]) -> PathBuf {
+    let path = dir.join(name);
+    write_faulty_copy(&ModelFile::open(QWEN_0_5B.require()).unwrap(), &path, faults, false).unwrap();
+    path
+}
+
+#[test]
+fn run_answers_and_reports_json() {
+    let m = model();
+    let (text, _) = outputs(&mut apr(&["run", &m, "--prompt", "What is 2+2?", "--max-tokens", "8"]), 0);
+    assert!(text.contains('4'), "{text}");
+    let (json, _) = outputs(&mut apr(&["run", &m, "--prompt", "What is 2+2?", "--max-tokens", "8", "--json"]), 0);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["text"], "2 + 2 equals 4.", "{report}");
+    assert_eq!(report["tokens"].as_array().unwrap().len(), 8);
+    assert!(report["timings"]["decode_tok_s"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+#[test]
+fn run_on_a_missing_file_fails_naming_it() {
+    let (_, err) = outputs(&mut apr(&["run", "/no/such/model.gguf", "--prompt", "hi"]), 1);
+    assert!(err.contains("/no/such/model.gguf"), "{err}");
+}
+
+#[test]
+fn unknown_flags_are_usage_errors() {
+    let (_, err) = outputs(&mut apr(&["run", &model(), "--no-such-flag"]), 2);
+    assert!(err.contains("--no-such-flag"), "{err}");
+    let (_, err) = outputs(&mut apr(&["diff-tensors", &model()]), 2);
+    assert!(err.contains("<B>"), "{err}");
+}
+
+#[test]
+fn chat_answers_each_line_and_reuses_the_cache() {
+    let (out, err) =
+        outputs(apr(&["chat", &model(), "--max-tokens", "24"]).write_stdin("What is 2+2?\nAnd times three?\n"), 0);
+    let all = format!("{out}{err}");
+    assert!(out.contains("2 + 2 equals 4."), "{all}");
+    // The second turn prefills only its new tokens: the first turn's are reused from the KV cache.
+    let turn2 = all.lines().find(|l| l.contains("turn 2:")).unwrap_or_else(|| panic!("no second turn:\n{all}"));
+    assert!(turn2.contains("reused") && !turn2.contains("(0 reused)"), "{turn2}");
+}
+
+#[test]
+fn inspect_prints_the_architecture_and_rejects_a_non_model() {
+    let (out, _) = outputs(&mut apr(&["inspect", &model()]), 0);
+    for fact in ["GGUF v3", "qwen2", "24", "896", "151936"] {
+        assert!(out.contains(fact), "{fact} missing from:\n{out}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00 this is not a model").unwrap();
+    let (_, err) = outputs(&mut apr(&["inspect", junk.to_str().unwrap()]), 1);
+    assert!(err.contains("junk.gguf") && err.contains("offset"), "{err}");
+}
+
+#[test]
+fn convert_writes_refuses_to_overwrite_and_forces() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("qwen.apr");
+    let out_s = out.to_str().unwrap();
+    outputs(&mut apr(&["convert", &model(), out_s]), 0);
+    assert!(ModelFile::open(&out).unwrap().tensors().len() == 291);
+    let before = std::fs::metadata(&out).unwrap().modified().unwrap();
+    let (_, err) = outputs(&mut apr(&["convert", &model(), out_s]), 1);
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::metadata(&out).unwrap().modified().unwrap(), before, "refused convert touched the file");
+    outputs(&mut apr(&["convert", &model(), out_s, "--force"]), 0);
+}
+
+#[test]
+fn check_passes_every_stage() {
+    let (out, _) = outputs(&mut apr(&["check", &model()]), 0);
+    for stage in ["open", "metadata", "tokenizer", "embedding", "all layers", "logits", "generation"] {
+        assert!(out.lines().any(|l| l.starts_with("PASS") && l.contains(stage)), "{stage} not PASS:\n{out}");
+    }
+    assert!(!out.contains("FAIL"), "{out}");
+}
+
+#[test]
+fn validate_catches_a_zeroed_norm() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = faulty_copy(dir.path(), "zeroed.apr", &[Fault::ZeroTensor("output_norm.weight".into())]);
+    let (out, _) = outputs(&mut apr(&["validate", bad.to_str().unwrap()]), 1);
+    assert!(out.contains("FAIL") && out.contains("output_norm.weight"), "{out}");
+}
+
+#[test]
+fn validate_passes_the_real_model_and_fails_a_truncated_one() {
+    let (out, _) = outputs(&mut apr(&["validate", &model()]), 0);
+    assert!(out.contains("PASS structure") && out.contains("PASS values"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.gguf");
+    let bytes = std::fs::read(QWEN_0_5B.require()).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (out, err) = outputs(&mut apr(&["validate", cut.to_str().unwrap()]), 1);
+    assert!(format!("{out}{err}").contains("cut.gguf"), "{out}{err}");
+}
+
+#[test]
+fn diff_tensors_finds_nothing_in_a_lossless_copy_and_names_a_scaled_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = faulty_copy(dir.path(), "clean.apr", &[]);
+    outputs(&mut apr(&["diff-tensors", &model(), clean.to_str().unwrap()]), 0);
+    let scaled = Fault::ScaleTensor { name: "blk.5.ffn_down.weight".into(), factor: 1.5 };
+    let bad = faulty_copy(dir.path(), "scaled.apr", &[scaled]);
+    let (out, _) = outputs(&mut apr(&["diff-tensors", &model(), bad.to_str().unwrap()]), 5);
+    assert!(out.contains("blk.5.ffn_down.weight"), "{out}");
+}
+
+#[test]
+fn profile_prints_percentiles_and_its_ci_assertions_decide_the_exit_code() {
+    let m = model();
+    let base = ["profile", &m, "--warmup", "2", "--measure", "8", "--ci"];
+    // A bound no machine misses, then one no machine meets: the exit code follows the assertion.
+    let (out, _) = outputs(&mut apr(&[&base[..], &["--assert-throughput", "0.001"]].concat()), 0);
+    assert!(out.contains("p50") && out.contains("PASS throughput"), "{out}");
+    let (out, _) = outputs(&mut apr(&[&base[..], &["--assert-throughput", "1000000"]].concat()), 1);
+    assert!(out.contains("FAIL throughput"), "{out}");
+    let (json, _) = outputs(&mut apr(&["profile", &m, "--warmup", "2", "--measure", "8", "--json"]), 0);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(report.to_string().contains("p99"), "{report}");
+}
+
+#[test]
+fn bench_reports_prefill_and_decode_rates_as_json() {
+    let args = ["bench", &model(), "--prompt-tokens", "16", "--gen-tokens", "4", "--reps", "1", "--json"];
+    let (json, _) = outputs(&mut apr(&args), 0);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for key in ["prompt_tok_s", "decode_tok_s", "prompt_tok_s_std", "decode_tok_s_std"] {
+        assert!(report[key].as_f64().is_some_and(|v| v >= 0.0), "{key} in {report}");
+    }
+    assert!(report["prompt_tok_s"].as_f64().unwrap() > 0.0);
+}
+
+/// A package with one pinned golden snapshot and a pending one beside it.
+fn package_with_pending_golden(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join("tests/golden")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"goldens\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/lib.rs"), "").unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tests/golden/clean_conversion.json");
+    let pinned_text = std::fs::read_to_string(examples).unwrap();
+    let mut pending: serde_json::Value = serde_json::from_str(&pinned_text).unwrap();
+    let logit = &mut pending["prompts"][0]["top_logits"][1][0][1];
+    *logit = serde_json::json!(logit.as_f64().unwrap() + 0.25);
+    let (pinned, new) = (dir.join("tests/golden/snap.json"), dir.join("tests/golden/snap.new.json"));
+    std::fs::write(&pinned, pinned_text).unwrap();
+    std::fs::write(&new, serde_json::to_string_pretty(&pending).unwrap()).unwrap();
+    (pinned, new)
+}
+
+#[test]
+fn review_shows_rejects_and_accepts_pending_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pinned, new) = package_with_pending_golden(dir.path());
+    let review = |extra: &[&str]| {
+        let mut command = apr(&[&["review"], extra].concat());
+        command.current_dir(dir.path());
+        command
+    };
+    let (out, _) = outputs(&mut review(&[]), 0);
+    assert!(out.contains("snap.new.json") && out.contains("1 pending") && out.contains("moved by 2.5"), "{out}");
+    assert!(new.exists(), "showing must not touch the pending file");
+    outputs(&mut review(&["--reject"]), 0);
+    assert!(!new.exists() && pinned.exists());
+
+    let (pinned, new) = package_with_pending_golden(dir.path());
+    let pending = std::fs::read(&new).unwrap();
+    outputs(&mut review(&["--accept"]), 0);
+    assert!(!new.exists());
+    assert_eq!(std::fs::read(&pinned).unwrap(), pending, "accept pins the pending snapshot");
+}
