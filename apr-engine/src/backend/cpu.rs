@@ -9,6 +9,11 @@ use crate::model::weights::RopeStyle;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cpu;
 
+thread_local! {
+    /// Rope's (sin, cos) per rotated pair, reused across calls.
+    static ROPE_ANGLES: std::cell::RefCell<Vec<(f32, f32)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Below this many values an element-wise op runs on the calling thread: a
 /// decode step's vectors are done before the other threads would wake up.
 const PARALLEL_MIN_VALUES: usize = 1 << 15;
@@ -56,25 +61,28 @@ impl Backend for Cpu {
 
     fn rope(&self, x: &mut [f32], heads: usize, head_dim: usize, start_pos: usize, base: f32, style: RopeStyle) {
         let half = head_dim / 2;
-        // The angles depend on position and pair only: computed once per token for all its heads.
-        let mut sin_cos = vec![(0.0f32, 0.0f32); half];
-        for (t, token) in x.chunks_exact_mut(heads * head_dim).enumerate() {
-            let pos = (start_pos + t) as f32;
-            for (i, sc) in sin_cos.iter_mut().enumerate() {
-                *sc = (pos * base.powf(-2.0 * i as f32 / head_dim as f32)).sin_cos();
-            }
-            for head in token.chunks_exact_mut(head_dim) {
-                for (i, &(sin, cos)) in sin_cos.iter().enumerate() {
-                    let (a, b) = match style {
-                        RopeStyle::Halves => (i, i + half),
-                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos - x1 * sin;
-                    head[b] = x0 * sin + x1 * cos;
+        // The angles depend on position and pair only: computed once per token for all its
+        // heads, into this thread's buffer (a decode step calls rope twice per layer).
+        ROPE_ANGLES.with_borrow_mut(|sin_cos| {
+            sin_cos.resize(half, (0.0, 0.0));
+            for (t, token) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+                let pos = (start_pos + t) as f32;
+                for (i, sc) in sin_cos.iter_mut().enumerate() {
+                    *sc = (pos * base.powf(-2.0 * i as f32 / head_dim as f32)).sin_cos();
+                }
+                for head in token.chunks_exact_mut(head_dim) {
+                    for (i, &(sin, cos)) in sin_cos.iter().enumerate() {
+                        let (a, b) = match style {
+                            RopeStyle::Halves => (i, i + half),
+                            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        };
+                        let (x0, x1) = (head[a], head[b]);
+                        head[a] = x0 * cos - x1 * sin;
+                        head[b] = x0 * sin + x1 * cos;
+                    }
                 }
             }
-        }
+        });
     }
 
     fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], s: AttentionShape, out: &mut [f32]) {

@@ -230,46 +230,43 @@ pub fn avx512_kernel(dtype: DType) -> Option<Kernel> {
 #[cfg(target_arch = "x86_64")]
 fn block32_with_rows8(dtype: DType) -> Option<Kernel> {
     // SAFETY (every closure below): avx512_kernel detected the features these functions need.
-    let (names, rows8) = match dtype {
-        DType::Q4_0 => (
-            ["Q4_0×Q8_0 avx-vnni, prefill avx512-vnni", "Q4_0×Q8_0 avx2, prefill avx512-vnni"],
-            Rows8Kernel {
-                repack: |rows, out| unsafe { avx512::q4_0_repack(rows, out) },
-                tile: |blocks, x| unsafe { avx512::q4_0_rows8_tile(blocks, x) },
-                single: |blocks, x| unsafe { avx512::q4_0_rows8(blocks, x) },
-            },
-        ),
-        DType::Q5_0 => (
-            ["Q5_0×Q8_0 avx512-vnni", "Q5_0×Q8_0 avx512-vnni"], // decoding too: see below
-            Rows8Kernel {
-                repack: |rows, out| unsafe { avx512::q5_0_repack(rows, out) },
-                tile: |blocks, x| unsafe { avx512::q5_0_rows8_tile(blocks, x) },
-                single: |blocks, x| unsafe { avx512::q5_0_rows8(blocks, x) },
-            },
-        ),
-        DType::Q8_0 => (
-            ["Q8_0×Q8_0 avx-vnni, prefill avx512-vnni", "Q8_0×Q8_0 avx2, prefill avx512-vnni"],
-            Rows8Kernel {
-                repack: |rows, out| unsafe { avx512::q8_0_repack(rows, out) },
-                tile: |blocks, x| unsafe { avx512::q8_0_rows8_tile(blocks, x) },
-                single: |blocks, x| unsafe { avx512::q8_0_rows8(blocks, x) },
-            },
-        ),
-        _ => return None,
-    };
+    let rows8 = |repack, tile, single| Some(Rows8Path::Q8(Rows8Kernel { repack, tile, single }));
     if dtype == DType::Q5_0 {
         // Decoding Q5_0 is bound by unpacking its fifth bits: the AVX-512 form does two blocks at once.
         return Some(Kernel {
             name: "Q5_0×Q8_0 avx512-vnni",
             dot: RowDot::Q8(|w, x| unsafe { avx512::q5_0(w, x) }),
             tile: Some(TileDot::Q8(|w, x| unsafe { avx512::q5_0_tile(w, x) })),
-            rows8: Some(Rows8Path::Q8(rows8)),
+            rows8: rows8(
+                |rows, out| unsafe { avx512::q5_0_repack(rows, out) },
+                |blocks, x| unsafe { avx512::q5_0_rows8_tile(blocks, x) },
+                |blocks, x| unsafe { avx512::q5_0_rows8(blocks, x) },
+            ),
         });
     }
-    // AVX-512 VNNI without AVX-VNNI (Ice Lake, Cascade Lake) decodes with the AVX2 kernels.
+    // The row and tile kernels stay AVX-VNNI (AVX2 on Ice Lake and Cascade Lake, which lack it).
     let decode = vnni_kernel(dtype).or_else(|| avx2_kernel(dtype))?;
-    let name = if has_avx_vnni() { names[0] } else { names[1] };
-    Some(Kernel { name, rows8: Some(Rows8Path::Q8(rows8)), ..decode })
+    let vnni = has_avx_vnni();
+    let (name, rows8) = match dtype {
+        DType::Q4_0 => (
+            if vnni { "Q4_0×Q8_0 avx-vnni, prefill avx512-vnni" } else { "Q4_0×Q8_0 avx2, prefill avx512-vnni" },
+            rows8(
+                |rows, out| unsafe { avx512::q4_0_repack(rows, out) },
+                |blocks, x| unsafe { avx512::q4_0_rows8_tile(blocks, x) },
+                |blocks, x| unsafe { avx512::q4_0_rows8(blocks, x) },
+            ),
+        ),
+        DType::Q8_0 => (
+            if vnni { "Q8_0×Q8_0 avx-vnni, prefill avx512-vnni" } else { "Q8_0×Q8_0 avx2, prefill avx512-vnni" },
+            rows8(
+                |rows, out| unsafe { avx512::q8_0_repack(rows, out) },
+                |blocks, x| unsafe { avx512::q8_0_rows8_tile(blocks, x) },
+                |blocks, x| unsafe { avx512::q8_0_rows8(blocks, x) },
+            ),
+        ),
+        _ => return None,
+    };
+    Some(Kernel { name, rows8, ..decode })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
