@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch the reference models (see ../shared/models/MODELS.md) into
+# Fetch the reference models (sources, sizes and sha256 in the catalogue below) into
 # ${APR_MODEL_DIR:-$HOME/.cache/apr/models}. Idempotent: a model whose file is
 # present with the right sha256 is not fetched again.
 #

@@ -43,20 +43,21 @@ impl ReferenceModel {
     }
 }
 
-/// The shared folder beside the repository (`../shared`), or `$APR_SHARED_DIR`.
-pub fn shared_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("APR_SHARED_DIR") {
+/// llama.cpp's outputs on the reference models, committed in the repository's
+/// `reference/` folder (its README says how they were made), or `$APR_REFERENCE_DIR`.
+pub fn reference_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("APR_REFERENCE_DIR") {
         return PathBuf::from(dir);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../reference")
 }
 
 impl ReferenceModel {
-    /// llama.cpp's outputs for this model under `shared/reference/` (folder named after the file).
+    /// llama.cpp's outputs for this model under `reference/` (folder named after the file).
     pub fn reference_file(&self, name: &str) -> PathBuf {
         let folder = self.file.trim_end_matches(".gguf");
-        let path = shared_dir().join("reference").join(folder).join(name);
-        assert!(path.is_file(), "reference file {} is missing (is ../shared beside the repository?)", path.display());
+        let path = reference_dir().join(folder).join(name);
+        assert!(path.is_file(), "reference file {} is missing from the repository's reference/ folder", path.display());
         path
     }
 }
