@@ -7,8 +7,7 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use apr_engine::container::{
-    apr, qk_order, MemorySource, MetaType, MetaValue, Metadata, ModelFile, QkRowOrder, TensorSource, TensorSpec,
-    WriteOptions,
+    apr, MemorySource, MetaType, MetaValue, Metadata, ModelFile, QkRowOrder, TensorSource, TensorSpec, WriteOptions,
 };
 use apr_engine::error::{ParseError, Result};
 use apr_engine::DType;
@@ -434,7 +433,7 @@ fn every_dtype_round_trips_with_bytes_names_and_metadata() {
     assert_eq!(reported.iter().sum::<u64>(), source.data.iter().map(|d| d.len() as u64).sum::<u64>());
     let model = ModelFile::open(&path).unwrap();
     assert_eq!(model.format().to_string(), "APR v2.0");
-    assert_eq!(model.parsed.qk_row_order, QkRowOrder::HuggingFace);
+    assert_eq!(model.parsed.qk_row_order, QkRowOrder::Gguf, "llama rows as the source holds them");
     assert_eq!(model.metadata(), &source.metadata, "metadata identical: keys, order, types, values");
     for (i, spec) in source.specs.iter().enumerate() {
         let view = model.tensor(&spec.name).unwrap_or_else(|| panic!("{} missing", spec.name));
@@ -457,32 +456,25 @@ fn output_is_deterministic_whatever_the_spec_order() {
     assert!(first == write_bytes(&reversed), "spec order does not change the file");
 }
 
+/// Q/K rows are stored exactly as the source holds them, and the file records
+/// their order (`rope_type`), so a llama GGUF's blocks are carried byte for byte
+/// and read back in the order they were written.
 #[test]
-fn llama_q_and_k_rows_are_stored_in_hugging_face_order() {
-    let source = small_source(); // GGUF row order
-    let model_bytes = write_bytes(&source);
-    let parsed = apr::parse(&model_bytes).unwrap();
-    for (name, heads, index) in [("blk.0.attn_q.weight", 4, 1), ("blk.0.attn_k.weight", 2, 2)] {
-        let info = parsed.tensors.iter().find(|t| t.name == name).unwrap();
-        let stored = &model_bytes[info.offset as usize..(info.offset + info.size) as usize];
-        let row_bytes = source.data[index].len() / source.specs[index].shape[0] as usize;
-        let expected =
-            qk_order::reorder_rows(&source.data[index], row_bytes, heads, QkRowOrder::Gguf, QkRowOrder::HuggingFace);
-        assert!(stored == expected.as_slice(), "{name} rows reordered to HF");
-        assert!(stored != source.data[index].as_slice(), "{name}: the reorder moved something");
-    }
-    let norm = parsed.tensors.iter().find(|t| t.name == "output_norm.weight").unwrap();
-    assert_eq!(&model_bytes[norm.offset as usize..][..128], source.data[4].as_slice(), "other tensors untouched");
-    // A source already in HF order, or a qwen2 model, is stored as given.
+fn q_and_k_rows_keep_the_sources_order_and_the_file_records_it() {
     let mut hf = small_source();
     hf.qk_row_order = Some(QkRowOrder::HuggingFace);
     let mut qwen = small_source();
     qwen.metadata.insert("general.architecture", MetaValue::String("qwen2".into()));
-    for source in [hf, qwen] {
+    let cases = [(small_source(), QkRowOrder::Gguf), (hf, QkRowOrder::HuggingFace), (qwen, QkRowOrder::HuggingFace)];
+    for (source, recorded) in cases {
         let bytes = write_bytes(&source);
         let parsed = apr::parse(&bytes).unwrap();
-        let q = parsed.tensors.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
-        assert!(&bytes[q.offset as usize..][..q.size as usize] == source.data[1].as_slice());
+        assert_eq!(parsed.qk_row_order, recorded, "{:?}", source.metadata.architecture());
+        for (name, index) in [("blk.0.attn_q.weight", 1), ("blk.0.attn_k.weight", 2)] {
+            let info = parsed.tensors.iter().find(|t| t.name == name).unwrap();
+            let stored = &bytes[info.offset as usize..(info.offset + info.size) as usize];
+            assert!(stored == source.data[index].as_slice(), "{name}: stored as given");
+        }
     }
 }
 
@@ -548,12 +540,6 @@ fn bad_sources_fail_without_leaving_a_file() {
             Ok(Cow::Borrowed(&self.0.data[index][1..]))
         }
     }
-    let mut headless = small_source();
-    headless.metadata.entries.shift_remove("llama.attention.head_count");
-    let path = dir.path().join("headless.apr");
-    let err = apr::write(&path, &headless, WriteOptions::default(), &mut |_| {}).unwrap_err();
-    assert!(err.to_string().contains("attention.head_count"), "{err}");
-
     let path = dir.path().join("short.apr");
     let err = apr::write(&path, &ShortSource(small_source()), WriteOptions::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("source gave"), "{err}");
@@ -649,8 +635,8 @@ impl TensorSource for GgufPySource {
     }
 }
 
-/// GGUF -> APR, then the APR read back: same tensors, same bytes (after the
-/// Q/K reorder for llama), same metadata; returns the APR file.
+/// GGUF -> APR, then the APR read back: same tensors, same bytes, same
+/// metadata, the GGUF's Q/K row order; returns the APR file.
 fn convert_and_compare(gguf: &Path, dir: &Path) -> (GgufPySource, ModelFile) {
     let source = GgufPySource::open(gguf);
     let path = dir.join("model.apr");
@@ -658,19 +644,10 @@ fn convert_and_compare(gguf: &Path, dir: &Path) -> (GgufPySource, ModelFile) {
     let model = ModelFile::open(&path).unwrap();
     assert_eq!(model.metadata(), &source.metadata, "metadata identical to gguf-py's reading");
     assert_eq!(model.tensors().len(), source.specs.len());
-    let arch = source.metadata.architecture().unwrap().to_string();
     for (i, spec) in source.specs.iter().enumerate() {
         let view = model.tensor(&spec.name).unwrap_or_else(|| panic!("{} missing", spec.name));
         assert_eq!((view.dtype(), view.shape()), (spec.dtype, spec.shape.as_slice()), "{}", spec.name);
-        let original = source.data(i).unwrap();
-        if qk_order::is_permuted_tensor(&arch, &spec.name) {
-            let heads = qk_order::heads_of(&source.metadata, &spec.name);
-            let row_bytes = original.len() / spec.shape[0] as usize;
-            let back = qk_order::reorder_rows(view.bytes, row_bytes, heads, QkRowOrder::HuggingFace, QkRowOrder::Gguf);
-            assert!(back == *original, "{}: HF rows reorder back to the GGUF bytes", spec.name);
-        } else {
-            assert!(view.bytes == &*original, "{}: bytes differ", spec.name);
-        }
+        assert!(view.bytes == &*source.data(i).unwrap(), "{}: bytes differ", spec.name);
     }
     (source, model)
 }
@@ -689,16 +666,14 @@ fn qwen_0_5b_gguf_to_apr_keeps_every_byte_and_key() {
 }
 
 #[test]
-fn smollm2_llama_gguf_to_apr_reorders_q_and_k_rows() {
+fn smollm2_llama_gguf_to_apr_keeps_q_and_k_rows_in_gguf_order() {
     let dir = tempfile::tempdir().unwrap();
-    let (source, model) = convert_and_compare(&apr_engine::testing::models::SMOLLM2.require(), dir.path());
-    let q = model.tensor("blk.0.attn_q.weight").unwrap();
-    let index = source.specs.iter().position(|s| s.name == "blk.0.attn_q.weight").unwrap();
-    assert!(q.bytes != &*source.data(index).unwrap(), "llama Q rows are not in GGUF order in APR");
+    let (_, model) = convert_and_compare(&apr_engine::testing::models::SMOLLM2.require(), dir.path());
+    assert_eq!(model.parsed.qk_row_order, QkRowOrder::Gguf);
 }
 
 /// Through the engine's own GGUF reader and writer: llama GGUF -> APR -> GGUF
-/// gives back every tensor byte (Q/K rows reordered there and back) and the metadata.
+/// gives back every tensor byte and the metadata; the APR holds the GGUF's rows.
 #[test]
 fn smollm2_gguf_to_apr_to_gguf_is_lossless() {
     use apr_engine::container::FormatKind;
@@ -711,8 +686,8 @@ fn smollm2_gguf_to_apr_to_gguf_is_lossless() {
     let dir = tempfile::tempdir().unwrap();
     let original = ModelFile::open(apr_engine::testing::models::SMOLLM2.require()).unwrap();
     let apr = convert_to(&original, &dir.path().join("m.apr"), FormatKind::Apr);
-    assert_eq!(apr.parsed.qk_row_order, QkRowOrder::HuggingFace);
-    assert!(apr.tensor("blk.3.attn_k.weight").unwrap().bytes != original.tensor("blk.3.attn_k.weight").unwrap().bytes);
+    assert_eq!(apr.parsed.qk_row_order, QkRowOrder::Gguf);
+    assert!(apr.tensor("blk.3.attn_k.weight").unwrap().bytes == original.tensor("blk.3.attn_k.weight").unwrap().bytes);
     let back = convert_to(&apr, &dir.path().join("back.gguf"), FormatKind::Gguf);
     assert_eq!(back.metadata(), original.metadata(), "metadata identical after GGUF -> APR -> GGUF");
     assert_eq!(back.tensors().len(), original.tensors().len());

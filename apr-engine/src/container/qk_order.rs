@@ -25,13 +25,28 @@ pub fn heads_of(meta: &Metadata, name: &str) -> usize {
 /// Reorders the rows of a Q or K projection from `from` to `to`. `bytes` holds
 /// `n_heads * head_dim` rows of `row_bytes` each.
 pub fn reorder_rows(bytes: &[u8], row_bytes: usize, n_heads: usize, from: QkRowOrder, to: QkRowOrder) -> Vec<u8> {
-    if from == to || n_heads == 0 || row_bytes == 0 {
-        return bytes.to_vec();
+    reorder(bytes, row_bytes, n_heads, from, to)
+}
+
+/// Reorders the values of Q or K activations (`n_heads * head_dim` per token,
+/// any number of tokens) from `from` to `to`: the projection's output follows
+/// its rows, so activations from files of two row orders compare element by
+/// element once one side is brought into the other's order.
+pub fn reorder_activations(values: &[f32], head_dim: usize, from: QkRowOrder, to: QkRowOrder) -> Vec<f32> {
+    let heads = if head_dim == 0 { 0 } else { values.len() / head_dim };
+    reorder(values, 1, heads, from, to)
+}
+
+/// Moves items in runs of `per_row`: within each of `n_heads` heads, row
+/// `s * half + i` (Hugging Face) is row `2 * i + s` (GGUF).
+fn reorder<T: Copy + Default>(items: &[T], per_row: usize, n_heads: usize, from: QkRowOrder, to: QkRowOrder) -> Vec<T> {
+    if from == to || n_heads == 0 || per_row == 0 {
+        return items.to_vec();
     }
-    let rows = bytes.len() / row_bytes;
+    let rows = items.len() / per_row;
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
-    let mut out = vec![0u8; bytes.len()];
+    let mut out = vec![T::default(); items.len()];
     for head in 0..n_heads {
         for i in 0..half {
             for s in 0..2 {
@@ -41,8 +56,7 @@ pub fn reorder_rows(bytes: &[u8], row_bytes: usize, n_heads: usize, from: QkRowO
                     QkRowOrder::Gguf => (hf_row, gguf_row),
                     QkRowOrder::HuggingFace => (gguf_row, hf_row),
                 };
-                out[dst * row_bytes..(dst + 1) * row_bytes]
-                    .copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+                out[dst * per_row..(dst + 1) * per_row].copy_from_slice(&items[src * per_row..(src + 1) * per_row]);
             }
         }
     }
@@ -60,5 +74,13 @@ mod tests {
         let gguf = reorder_rows(&hf, 1, 2, QkRowOrder::HuggingFace, QkRowOrder::Gguf);
         assert_eq!(gguf, vec![0, 2, 1, 3, 10, 12, 11, 13]);
         assert_eq!(reorder_rows(&gguf, 1, 2, QkRowOrder::Gguf, QkRowOrder::HuggingFace), hf);
+    }
+
+    #[test]
+    fn activations_follow_the_rows() {
+        // Two tokens of one head of 4: each token's values move as the rows do.
+        let hf = [0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0];
+        let gguf = reorder_activations(&hf, 4, QkRowOrder::HuggingFace, QkRowOrder::Gguf);
+        assert_eq!(gguf, [0.0, 2.0, 1.0, 3.0, 10.0, 12.0, 11.0, 13.0]);
     }
 }

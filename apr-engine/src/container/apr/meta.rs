@@ -62,9 +62,10 @@ const SPECIAL_TOKENS: &[(&str, &str)] = &[
     ("pad_token", "tokenizer.ggml.padding_token_id"),
 ];
 
-/// Architectures whose rows, stored in Hugging Face order, rotate by halves
-/// (RoPE "NEOX", aprender's `rope_type` 2).
-const HALVES_ROPE_ARCHS: &[&str] = &["llama", "qwen2"];
+/// Architectures the engine runs: their Q/K rows rotate by halves (RoPE "NEOX",
+/// aprender's `rope_type` 2) when stored in Hugging Face order; a llama file
+/// whose rows are in GGUF order rotates adjacent pairs (`rope_type` 0, "NORM").
+const KNOWN_ROPE_ARCHS: &[&str] = &["llama", "qwen2"];
 const ROPE_TYPE_NEOX: u64 = 2;
 const ROPE_TYPE_NORM: u64 = 0;
 
@@ -77,10 +78,11 @@ pub struct TensorSummary {
     pub embedding_rows: Option<u64>,
 }
 
-/// The metadata JSON for `meta`, and whether it embeds a tokenizer.
-pub fn to_json(meta: &Metadata, summary: &TensorSummary) -> Result<(Vec<u8>, bool), Error> {
+/// The metadata JSON for `meta` whose Q/K rows are stored in `row_order`, and
+/// whether it embeds a tokenizer.
+pub fn to_json(meta: &Metadata, summary: &TensorSummary, row_order: QkRowOrder) -> Result<(Vec<u8>, bool), Error> {
     let mut top = Map::new();
-    put_model_fields(meta, summary, &mut top).map_err(Error::Invalid)?;
+    put_model_fields(meta, summary, row_order, &mut top).map_err(Error::Invalid)?;
     put_tokenizer_fields(meta, &mut top).map_err(Error::Invalid)?;
     top.insert(GGUF_KEY.into(), gguf_entries(meta).map_err(Error::Invalid)?);
     let has_vocab = top.contains_key(VOCAB_KEY);
@@ -88,7 +90,12 @@ pub fn to_json(meta: &Metadata, summary: &TensorSummary) -> Result<(Vec<u8>, boo
     Ok((bytes, has_vocab))
 }
 
-fn put_model_fields(meta: &Metadata, summary: &TensorSummary, top: &mut Map<String, Json>) -> Result<(), String> {
+fn put_model_fields(
+    meta: &Metadata,
+    summary: &TensorSummary,
+    row_order: QkRowOrder,
+    top: &mut Map<String, Json>,
+) -> Result<(), String> {
     let arch = meta.architecture();
     if let Some(arch) = arch {
         top.insert("model_type".into(), arch.into());
@@ -109,8 +116,8 @@ fn put_model_fields(meta: &Metadata, summary: &TensorSummary, top: &mut Map<Stri
             }
         }
     }
-    if HALVES_ROPE_ARCHS.contains(&arch) {
-        top.insert("rope_type".into(), ROPE_TYPE_NEOX.into());
+    if KNOWN_ROPE_ARCHS.contains(&arch) {
+        top.insert("rope_type".into(), rope_type(arch, row_order).into());
     }
     top.insert("param_count".into(), summary.param_count.into());
     top.insert("total_size".into(), summary.total_size.into());
@@ -354,6 +361,16 @@ pub fn from_json(bytes: &[u8], offset: u64) -> Result<Decoded, ParseError> {
     })
 }
 
+/// The `rope_type` that tells a reader how `arch`'s rows stored in `row_order` rotate.
+fn rope_type(arch: &str, row_order: QkRowOrder) -> u64 {
+    let permuted_family = qk_order::is_permuted_tensor(arch, "blk.0.attn_q.weight");
+    if permuted_family && row_order == QkRowOrder::Gguf {
+        ROPE_TYPE_NORM
+    } else {
+        ROPE_TYPE_NEOX
+    }
+}
+
 /// aprender marks files whose Q/K rows rotate in adjacent pairs with
 /// `rope_type` 0; for the permuted (llama) family that means GGUF row order.
 fn row_order(top: &Map<String, Json>, arch: Option<&str>) -> QkRowOrder {
@@ -507,7 +524,7 @@ mod tests {
     }
 
     fn round_trip(meta: &Metadata) -> Decoded {
-        let (json, _) = to_json(meta, &TensorSummary::default()).unwrap();
+        let (json, _) = to_json(meta, &TensorSummary::default(), QkRowOrder::HuggingFace).unwrap();
         from_json(&json, 64).unwrap()
     }
 
@@ -528,7 +545,7 @@ mod tests {
 
     #[test]
     fn aprender_fields_and_tokenizer_are_written_once() {
-        let (json, _) = to_json(&every_type(), &TensorSummary::default()).unwrap();
+        let (json, _) = to_json(&every_type(), &TensorSummary::default(), QkRowOrder::HuggingFace).unwrap();
         let top: Json = serde_json::from_slice(&json).unwrap();
         assert_eq!(top["architecture"], "llama");
         assert_eq!(top["num_layers"], 2);
@@ -566,6 +583,14 @@ mod tests {
     }
 
     #[test]
+    fn row_order_survives_the_json() {
+        for order in [QkRowOrder::Gguf, QkRowOrder::HuggingFace] {
+            let (json, _) = to_json(&every_type(), &TensorSummary::default(), order).unwrap();
+            assert_eq!(from_json(&json, 64).unwrap().qk_row_order, order, "llama rows in {order:?}");
+        }
+    }
+
+    #[test]
     fn llama_with_pair_rope_is_gguf_row_order() {
         let decoded = from_json(br#"{"architecture":"llama","rope_type":0}"#, 64).unwrap();
         assert_eq!(decoded.qk_row_order, QkRowOrder::Gguf);
@@ -598,7 +623,7 @@ mod tests {
     fn mistyped_arrays_are_refused_by_the_writer() {
         let mut meta = Metadata::default();
         meta.insert("bad", MetaValue::Array { elem_type: MetaType::U8, values: vec![MetaValue::Bool(true)] });
-        let err = to_json(&meta, &TensorSummary::default()).unwrap_err();
+        let err = to_json(&meta, &TensorSummary::default(), QkRowOrder::HuggingFace).unwrap_err();
         assert!(err.to_string().contains("array of u8 holds a bool"), "{err}");
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use super::header::{Flags, Header, HEADER_LEN, VERSION};
 use super::meta::{self, TensorSummary};
 use super::{align_up, ALIGNMENT};
-use crate::container::{names, qk_order, write_atomically, Progress, QkRowOrder, TensorSource, WriteOptions};
+use crate::container::{names, write_atomically, Progress, TensorSource, WriteOptions};
 use crate::dtype::{element_count, DType};
 use crate::error::{Error, Result};
 
@@ -66,12 +66,12 @@ struct Placed {
     /// Relative to the data section.
     offset: u64,
     size: u64,
-    /// Q/K rows to take from GGUF order to Hugging Face order: the head count.
-    reorder_heads: Option<usize>,
 }
 
 impl Placed {
-    /// The tensor's bytes as APR stores them.
+    /// The tensor's bytes as APR stores them: exactly the source's. Q/K rows keep the
+    /// source's order, which the metadata records (`rope_type`), so a GGUF's blocks
+    /// are carried byte for byte and the APR computes exactly what the GGUF does.
     fn bytes<'s>(&self, source: &'s dyn TensorSource) -> Result<Cow<'s, [u8]>> {
         let data = source.data(self.source_index)?;
         if data.len() as u64 != self.size {
@@ -84,9 +84,7 @@ impl Placed {
                 self.size
             )));
         }
-        let Some(heads) = self.reorder_heads else { return Ok(data) };
-        let row_bytes = (self.size / self.shape[0]) as usize;
-        Ok(Cow::Owned(qk_order::reorder_rows(&data, row_bytes, heads, QkRowOrder::Gguf, QkRowOrder::HuggingFace)))
+        Ok(data)
     }
 }
 
@@ -110,7 +108,7 @@ impl Layout {
             t.offset = next;
             next = t.offset.checked_add(t.size).and_then(align_up).ok_or_else(|| too_big("data section"))?;
         }
-        let (metadata, has_vocab) = meta::to_json(source.metadata(), &summary(&tensors))?;
+        let (metadata, has_vocab) = meta::to_json(source.metadata(), &summary(&tensors), source.qk_row_order())?;
         let index = index_bytes(&tensors);
         let metadata_len = u32::try_from(metadata.len()).map_err(|_| too_big("metadata JSON"))?;
         let index_offset = align_up(HEADER_LEN as u64 + u64::from(metadata_len)).ok_or_else(|| too_big("metadata"))?;
@@ -134,9 +132,6 @@ fn too_big(what: &str) -> Error {
 
 /// Checks each spec and decides its stored name, size and row reordering.
 fn place(source: &dyn TensorSource) -> Result<Vec<Placed>> {
-    let meta = source.metadata();
-    let arch = meta.architecture().unwrap_or_default();
-    let from_gguf_order = source.qk_row_order() == QkRowOrder::Gguf;
     let mut placed = Vec::with_capacity(source.specs().len());
     for (source_index, spec) in source.specs().iter().enumerate() {
         let canonical = names::to_canonical(&spec.name);
@@ -149,34 +144,10 @@ fn place(source: &dyn TensorSource) -> Result<Vec<Placed>> {
             return Err(invalid(format!("rank {} exceeds {MAX_RANK}", spec.shape.len())));
         }
         let size = spec.dtype.byte_size(&spec.shape).map_err(|e| invalid(e.to_string()))?;
-        let reorder_heads = if from_gguf_order && qk_order::is_permuted_tensor(arch, &canonical) {
-            Some(checked_heads(meta, &canonical, &spec.shape).map_err(invalid)?)
-        } else {
-            None
-        };
         let (dtype, shape) = (spec.dtype, spec.shape.clone());
-        placed.push(Placed { source_index, stored_name, dtype, shape, offset: 0, size, reorder_heads });
+        placed.push(Placed { source_index, stored_name, dtype, shape, offset: 0, size });
     }
     Ok(placed)
-}
-
-/// The head count for reordering a Q/K matrix, after checking that its rows
-/// split into heads of an even size (otherwise reordering would lose rows).
-fn checked_heads(meta: &crate::container::Metadata, name: &str, shape: &[u64]) -> std::result::Result<usize, String> {
-    // heads_of falls back to one head; reordering by a guessed count would scramble rows.
-    if meta.arch_u64("attention.head_count").is_none() {
-        return Err("no attention.head_count in the metadata; cannot reorder Q/K rows".into());
-    }
-    let heads = qk_order::heads_of(meta, name);
-    let rows = match shape {
-        [rows, _] => *rows,
-        _ => return Err(format!("Q/K projection of shape {shape:?} is not a matrix")),
-    };
-    let heads_u64 = heads as u64;
-    if heads == 0 || rows == 0 || !rows.is_multiple_of(heads_u64) || !(rows / heads_u64).is_multiple_of(2) {
-        return Err(format!("{rows} rows do not split into {heads} heads of an even size; cannot reorder Q/K rows"));
-    }
-    Ok(heads)
 }
 
 fn summary(tensors: &[Placed]) -> TensorSummary {
