@@ -1,14 +1,17 @@
-//! The fault-injection suite: corrupted copies of the real 0.5B model, written
-//! through the project's own writers, each recognised by trace-diff with the
-//! right classification. The uncorrupted conversion must come out Identical.
+//! The fault-injection suite: corrupted copies of the real 0.5B model (and of
+//! SmolLM2 for the Llama-only cases), written through the project's own
+//! writers, each recognised by trace-diff with the right classification. The
+//! uncorrupted conversions must come out Identical.
 
 use std::path::{Path, PathBuf};
 
+use apr_engine::container::FormatKind;
 use apr_engine::container::{MetaValue, ModelFile};
+use apr_engine::convert::{convert, ConvertOptions, DTypeChoice};
 use apr_engine::dtype::DType;
 use apr_engine::model::{Boundary, KvFault};
 use apr_engine::testing::faults::{write_faulty_copy, Fault};
-use apr_engine::testing::models::QWEN_0_5B;
+use apr_engine::testing::models::{ReferenceModel, QWEN_0_5B, SMOLLM2};
 use apr_engine::tracediff::{trace_diff_paths, Classification, Tolerance, TraceDiffOptions, TraceDiffReport, Verdict};
 
 const PROMPT: &str = "What is 2+2?";
@@ -27,17 +30,26 @@ fn reference() -> PathBuf {
     QWEN_0_5B.require()
 }
 
-/// Writes the reference with `faults` applied to a temporary APR file and trace-diffs it.
+/// Writes the 0.5B with `faults` applied to a temporary APR file and trace-diffs it.
 fn diff_with(faults: &[Fault], options: &TraceDiffOptions) -> TraceDiffReport {
+    diff_model_with(QWEN_0_5B, faults, options)
+}
+
+/// Writes `model` with `faults` applied to a temporary APR file and trace-diffs it.
+fn diff_model_with(model: ReferenceModel, faults: &[Fault], options: &TraceDiffOptions) -> TraceDiffReport {
     let dir = tempfile::tempdir().unwrap();
     let candidate = dir.path().join("candidate.apr");
-    let model = ModelFile::open(reference()).unwrap();
-    write_faulty_copy(&model, &candidate, faults, false).unwrap();
-    run(&candidate, options)
+    let file = ModelFile::open(model.require()).unwrap();
+    write_faulty_copy(&file, &candidate, faults, false).unwrap();
+    run_against(&model.require(), &candidate, options)
 }
 
 fn run(candidate: &Path, options: &TraceDiffOptions) -> TraceDiffReport {
-    let report = trace_diff_paths(&reference(), candidate, options).unwrap();
+    run_against(&reference(), candidate, options)
+}
+
+fn run_against(reference: &Path, candidate: &Path, options: &TraceDiffOptions) -> TraceDiffReport {
+    let report = trace_diff_paths(reference, candidate, options).unwrap();
     eprintln!("{}: {}", candidate.display(), report.verdict);
     for e in &report.evidence {
         eprintln!("  evidence: {e}");
@@ -159,4 +171,65 @@ fn zeroed_output_norm_is_a_weight_load_failure() {
     let report = diff_with(&[Fault::ZeroTensor("output_norm.weight".into())], &strict());
     assert_eq!(classification(&report).0, Classification::WeightLoadFailure);
     assert!(report.tokens.iter().all(|t| t.candidate == report.tokens[0].candidate));
+}
+
+#[test]
+fn llama_uncorrupted_conversion_is_identical() {
+    let report = diff_model_with(SMOLLM2, &[], &strict());
+    assert_eq!(report.verdict, Verdict::Identical);
+}
+
+/// A Llama GGUF against its SafeTensors export (Q/K rows in the other order):
+/// every boundary is compared, the candidate's Q/K brought into the
+/// reference's order first, so the pair is equivalent rather than "diverged at Q".
+#[test]
+fn llama_files_in_two_row_orders_compare_boundary_by_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ModelFile::open(SMOLLM2.require()).unwrap();
+    let f32 = |to| ConvertOptions { to, dtype: DTypeChoice::To(DType::F32), force: false };
+    let (gguf, st) = (dir.path().join("f32.gguf"), dir.path().join("st"));
+    convert(&model, &gguf, f32(FormatKind::Gguf), &mut |_| {}).unwrap();
+    convert(&model, &st, f32(FormatKind::SafeTensors), &mut |_| {}).unwrap();
+    let options = TraceDiffOptions {
+        tolerance: Tolerance { logits_max_abs: 1e-2, nmse: 1e-6, cosine: 0.9999 },
+        ..TraceDiffOptions::new("What is the capital of France?")
+    };
+    let report = run_against(&gguf, &st, &options);
+    assert!(report.trace_tensors, "boundaries are compared by default");
+    assert!(matches!(report.verdict, Verdict::NumericallyEquivalent { .. }), "{}", report.verdict);
+}
+
+fn assert_rotary_permutation_named(report: &TraceDiffReport) {
+    let (class, layer, boundary) = classification(report);
+    assert_eq!((class, layer, boundary), (Classification::LayoutMismatch, Some(0), Some(Boundary::Q)));
+    let named = report.evidence.iter().find(|e| e.starts_with("blk.0.attn_q.weight"));
+    let named = named.unwrap_or_else(|| panic!("evidence names blk.0.attn_q.weight: {:?}", report.evidence));
+    assert!(named.contains("interleaved into pairs"), "{named}");
+}
+
+#[test]
+fn llama_qk_rows_permuted_are_a_layout_mismatch_naming_the_tensor_and_order() {
+    assert_rotary_permutation_named(&diff_model_with(SMOLLM2, &[Fault::PermuteQkRows], &strict()));
+}
+
+#[test]
+fn qwen_qk_rows_permuted_are_a_layout_mismatch_naming_the_tensor_and_order() {
+    assert_rotary_permutation_named(&diff_with(&[Fault::PermuteQkRows], &strict()));
+}
+
+/// A wrong RoPE base leaves position 0 untouched (its angles are all zero) and
+/// turns later positions wrong: a position bug, with the position named.
+#[test]
+fn wrong_rope_base_is_a_position_bug_named_at_its_first_position() {
+    let fault = Fault::SetMetadata("qwen2.rope.freq_base".into(), MetaValue::F32(10_000.0));
+    let report = diff_with(&[fault], &strict());
+    let Verdict::Diverged { position, classification, .. } = &report.verdict else { panic!("{}", report.verdict) };
+    assert_eq!(*classification, Classification::ContextOverflow);
+    assert!(*position > 0, "position 0 agrees");
+    assert!(report.evidence.iter().any(|e| e.contains("qwen2.rope.freq_base")), "{:?}", report.evidence);
+    assert!(
+        report.evidence.iter().any(|e| e.contains(&format!("from position {position} on"))),
+        "{:?}",
+        report.evidence
+    );
 }

@@ -1,6 +1,8 @@
 //! `diff-tensors`: two model files compared tensor by tensor, matched through
 //! the canonical name table so that GGUF, SafeTensors and APR files compare.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use super::stats::{DiffAccumulator, DiffMetrics};
@@ -162,22 +164,28 @@ fn same_row_order(a: &ModelFile, b: &ModelFile, name: &str) -> bool {
     !qk_order::is_permuted_tensor(arch, name) || a.parsed.qk_row_order == b.parsed.qk_row_order
 }
 
+/// The bytes of `vb` (a tensor of `b`) with its rows in the order `a` records:
+/// Q/K rows of a Llama model move between GGUF and Hugging Face order.
+pub(crate) fn rows_in_order_of<'b>(a: &ModelFile, b: &ModelFile, vb: &TensorView<'b>) -> Cow<'b, [u8]> {
+    if same_row_order(a, b, vb.name()) {
+        return Cow::Borrowed(vb.bytes);
+    }
+    let rows = vb.shape().first().copied().unwrap_or(1).max(1) as usize;
+    let heads = qk_order::heads_of(a.metadata(), vb.name());
+    Cow::Owned(qk_order::reorder_rows(
+        vb.bytes,
+        vb.bytes.len() / rows,
+        heads,
+        b.parsed.qk_row_order,
+        a.parsed.qk_row_order,
+    ))
+}
+
 /// Dequantizes both sides a slab of rows at a time (bounded memory) and
 /// accumulates the metrics. Q/K rows of a Llama model are brought into A's order.
 fn compare_values(a: &ModelFile, b: &ModelFile, va: TensorView, vb: TensorView) -> Result<DiffMetrics> {
     let rows = va.shape().first().copied().unwrap_or(1).max(1) as usize;
-    let b_bytes = if same_row_order(a, b, va.name()) {
-        std::borrow::Cow::Borrowed(vb.bytes)
-    } else {
-        let heads = qk_order::heads_of(a.metadata(), va.name());
-        std::borrow::Cow::Owned(qk_order::reorder_rows(
-            vb.bytes,
-            vb.bytes.len() / rows,
-            heads,
-            b.parsed.qk_row_order,
-            a.parsed.qk_row_order,
-        ))
-    };
+    let b_bytes = rows_in_order_of(a, b, &vb);
     let row_a = va.bytes.len() / rows;
     let row_b = b_bytes.len() / rows;
     let row_elems = (va.info.shape.iter().product::<u64>() as usize) / rows;

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::container::{
-    FileSource, MetaValue, Metadata, ModelFile, QkRowOrder, TensorSource, TensorSpec, WriteOptions,
+    qk_order, FileSource, MetaValue, Metadata, ModelFile, QkRowOrder, TensorSource, TensorSpec, WriteOptions,
 };
 use crate::convert::{format_for_extension, write_source};
 use crate::dtype::DType;
@@ -40,6 +40,10 @@ pub enum Fault {
     SpecialTokensNotAtomic,
     /// A metadata key set (or replaced).
     SetMetadata(String, MetaValue),
+    /// Every layer's Q and K rows (and their biases) permuted within each head
+    /// the way Llama converters do (halves to interleaved pairs), while the file
+    /// goes on recording its old row order: a converter bug that loads fine.
+    PermuteQkRows,
 }
 
 /// Writes `model` to `output` (format from the extension) with `faults` applied.
@@ -161,7 +165,25 @@ impl<'a> FaultySource<'a> {
                 self.metadata.insert(key.clone(), value.clone());
                 Ok(())
             }
+            Fault::PermuteQkRows => self.permute_qk_rows(),
         }
+    }
+
+    fn permute_qk_rows(&mut self) -> Result<()> {
+        let projections = [".attn_q.weight", ".attn_k.weight", ".attn_q.bias", ".attn_k.bias"];
+        for index in 0..self.specs.len() {
+            let name = self.specs[index].name.clone();
+            if !projections.iter().any(|p| name.ends_with(p)) {
+                continue;
+            }
+            let heads = qk_order::heads_of(&self.metadata, &name.replace(".bias", ".weight"));
+            let bytes = self.data(index)?.into_owned();
+            let rows = self.specs[index].shape.first().copied().unwrap_or(1).max(1) as usize;
+            let permuted =
+                qk_order::reorder_rows(&bytes, bytes.len() / rows, heads, QkRowOrder::HuggingFace, QkRowOrder::Gguf);
+            self.replaced.insert(index, permuted);
+        }
+        Ok(())
     }
 
     fn map_values(&mut self, name: &str, f: impl FnOnce(&mut Vec<f32>)) -> Result<()> {

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::container::{qk_order, QkRowOrder};
 use crate::diff::stats::{compare, DiffMetrics};
 use crate::model::{Boundary, Observer};
 use crate::stats::{stats_of, ValueStats};
@@ -26,6 +27,13 @@ pub struct Record {
 impl Capture {
     pub fn new(keep: bool) -> Self {
         Capture { keep, ..Default::default() }
+    }
+
+    /// Brings the Q and K activations from one row order into the other.
+    pub fn reorder_qk(&mut self, head_dim: usize, from: QkRowOrder, to: QkRowOrder) {
+        for record in self.records.iter_mut().filter(|r| matches!(r.boundary, Boundary::Q | Boundary::K)) {
+            record.values = qk_order::reorder_activations(&record.values, head_dim, from, to);
+        }
     }
 }
 

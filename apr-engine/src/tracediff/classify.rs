@@ -5,9 +5,9 @@
 use serde::Serialize;
 
 use super::{BoundaryDiff, Findings, Side};
-use crate::container::{names, ModelFile, TensorInfo};
+use crate::container::{names, qk_order, ModelFile, QkRowOrder, TensorInfo, TensorView};
 use crate::diff::stats::compare;
-use crate::diff::tensors::{compare_tensor, Verdict as TensorVerdict};
+use crate::diff::tensors::{compare_tensor, rows_in_order_of, Verdict as TensorVerdict};
 use crate::model::Boundary;
 use crate::quant;
 
@@ -23,13 +23,17 @@ pub enum Classification {
     LayerCorrupted(usize),
     /// Only the first position, or only positions read back from the KV cache, diverge.
     KvCacheInitBug,
-    /// Fine until the candidate's context length, then it cannot go on.
+    /// Fine up to a position, then wrong: the candidate cannot go past its
+    /// context length, or its output turns to garbage after some position (a
+    /// RoPE or position bug: position 0 agrees, later positions do not).
     ContextOverflow,
     /// The prompt tokenizes differently, or the candidate has no tokenizer.
     TokenizerMismatch,
     /// A tensor's dtype differs between the files and its values decode to garbage.
     DTypeMismatch,
-    /// A tensor is stored transposed.
+    /// A tensor is stored in another layout: transposed, or its rows (or the
+    /// activations they produce) reordered, e.g. Q/K rotary pairs interleaved
+    /// against half-split. The evidence names the tensor and the order.
     LayoutMismatch,
     Unknown,
 }
@@ -86,15 +90,11 @@ pub(crate) fn classify(reference: &Side, candidate: &Side, f: &Findings) -> (Cla
                 "NaN/Inf first appears in layer {layer} at {b:?}: reference {} NaN {} Inf, candidate {} NaN {} Inf",
                 first.reference.nan, first.reference.inf, first.candidate.nan, first.candidate.inf
             ));
-            evidence.extend(tensor_evidence(ref_file, cand_file, layer).1);
+            evidence.extend(named_tensor_evidence(ref_file, cand_file, &layer_tensors(ref_file, layer)).1);
             Classification::AttentionOverflow
         }
         _ if kv_pattern(f, &mut evidence) => Classification::KvCacheInitBug,
-        (_, Some(layer)) => {
-            let (class, found) = tensor_evidence(ref_file, cand_file, layer);
-            evidence.extend(found);
-            class.unwrap_or(Classification::LayerCorrupted(layer))
-        }
+        (_, Some(layer)) => layer_cause(f, first, layer, ref_file, cand_file, &mut evidence),
         (_, None) => {
             let (class, found) = named_tensor_evidence(ref_file, cand_file, &["output_norm.weight", "output.weight"]);
             evidence.extend(found);
@@ -183,18 +183,97 @@ fn kv_pattern(f: &Findings, evidence: &mut Vec<String>) -> bool {
     false
 }
 
-/// Compares the tensors of one layer between the files.
-fn tensor_evidence(r: &ModelFile, c: &ModelFile, layer: usize) -> (Option<Classification>, Vec<String>) {
-    let prefix = format!("blk.{layer}.");
-    let names: Vec<&str> =
-        r.tensors().iter().filter(|t| t.name.starts_with(&prefix)).map(|t| t.name.as_str()).collect();
-    let (class, mut evidence) = named_tensor_evidence(r, c, &names);
-    if class.is_none() && evidence.is_empty() {
+/// Why layer `layer` diverged: a tensor of the layer that differs (and how),
+/// else activations that hold the reference's values in another order, else a
+/// divergence that starts after position 0 (RoPE/position), else the layer's
+/// computation itself.
+fn layer_cause(
+    f: &Findings,
+    first: &BoundaryDiff,
+    layer: usize,
+    r: &ModelFile,
+    c: &ModelFile,
+    evidence: &mut Vec<String>,
+) -> Classification {
+    let (class, found) = named_tensor_evidence(r, c, &layer_tensors(r, layer));
+    let tensors_differ = !found.is_empty();
+    evidence.extend(found);
+    if let Some(class) = class {
+        return class;
+    }
+    if !tensors_differ && same_values_reordered(first) {
+        evidence.push(format!(
+            "the candidate's {:?} of layer {layer} holds the reference's values in another order (same count, mean, std, min and max): its rows, or the RoPE pairing of its dimensions, are laid out differently",
+            first.boundary
+        ));
+        return Classification::LayoutMismatch;
+    }
+    if !tensors_differ {
+        if let Some(found) = position_dependent(f, first, r, c) {
+            evidence.extend(found);
+            return Classification::ContextOverflow;
+        }
         evidence.push(format!(
             "no tensor of layer {layer} differs beyond quantization noise: the layer's computation (kernel or backend) is the suspect"
         ));
     }
-    (class, evidence)
+    Classification::LayerCorrupted(layer)
+}
+
+fn layer_tensors(file: &ModelFile, layer: usize) -> Vec<&str> {
+    let prefix = format!("blk.{layer}.");
+    file.tensors().iter().filter(|t| t.name.starts_with(&prefix)).map(|t| t.name.as_str()).collect()
+}
+
+/// Two rows with equal statistics but different values: a permutation.
+fn same_values_reordered(d: &BoundaryDiff) -> bool {
+    let (a, b) = (&d.reference, &d.candidate);
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1e-12);
+    a.count == b.count
+        && a.count > 1
+        && d.metrics.max_abs_diff > 0.0
+        && close(a.mean, b.mean)
+        && close(a.std, b.std)
+        && close(f64::from(a.min), f64::from(b.min))
+        && close(f64::from(a.max), f64::from(b.max))
+}
+
+/// Every boundary of position 0 agrees and the divergence starts at a later
+/// position: what only the position can change (RoPE, the position's place in
+/// the cache) is wrong. Names the position and any RoPE metadata that differs.
+fn position_dependent(f: &Findings, first: &BoundaryDiff, r: &ModelFile, c: &ModelFile) -> Option<Vec<String>> {
+    let agreeing_before = f.diverged_positions.first().is_some_and(|&p| p == first.position);
+    if first.position == 0 || !agreeing_before {
+        return None;
+    }
+    let mut evidence = vec![format!(
+        "positions 0..{} agree at every boundary; from position {} on the output diverges (first at {:?} of layer {}): a position-dependent (RoPE) bug",
+        first.position,
+        first.position,
+        first.boundary,
+        first.layer.map_or("-".into(), |l| l.to_string())
+    )];
+    evidence.extend(rope_metadata_differences(r, c));
+    Some(evidence)
+}
+
+/// RoPE-related keys whose values differ between the files.
+fn rope_metadata_differences(r: &ModelFile, c: &ModelFile) -> Vec<String> {
+    let (rm, cm) = (r.metadata(), c.metadata());
+    let arch = rm.architecture().unwrap_or_default();
+    let keys = rm.entries.keys().chain(cm.entries.keys()).filter(|k| k.starts_with(&format!("{arch}.rope")));
+    let mut out: Vec<String> = keys
+        .filter(|k| rm.get(k).map(|v| format!("{v:?}")) != cm.get(k).map(|v| format!("{v:?}")))
+        .map(|k| format!("metadata {k}: reference {:?}, candidate {:?}", rm.get(k), cm.get(k)))
+        .collect();
+    out.dedup();
+    if r.parsed.qk_row_order != c.parsed.qk_row_order {
+        out.push(format!(
+            "the files record different Q/K row orders: reference {:?}, candidate {:?}",
+            r.parsed.qk_row_order, c.parsed.qk_row_order
+        ));
+    }
+    out
 }
 
 /// The strongest finding among the named tensors: a transposed layout, then a
@@ -215,7 +294,11 @@ fn named_tensor_evidence(r: &ModelFile, c: &ModelFile, names: &[&str]) -> (Optio
             TensorVerdict::Values { dtype_differs, metrics }
                 if metrics.nmse > MATERIAL_NMSE || metrics.non_finite > 0 =>
             {
-                if transposed_values(vr.info, vr.bytes, vc.info, vc.bytes) {
+                if let Some(order) = row_permutation(r, c, &vr, &vc) {
+                    evidence
+                        .push(format!("{name}: the candidate holds the reference's rows in another order: {order}"));
+                    class = Some(Classification::LayoutMismatch);
+                } else if transposed_values(vr.info, vr.bytes, vc.info, vc.bytes) {
                     evidence.push(format!(
                         "{name}: the candidate holds the reference's values transposed (shape {:?} is square, so the shape alone cannot show it)",
                         vr.shape()
@@ -242,6 +325,38 @@ fn named_tensor_evidence(r: &ModelFile, c: &ModelFile, names: &[&str]) -> (Optio
         }
     }
     (class, evidence)
+}
+
+/// How the candidate's rows are the reference's rows reordered, if they are:
+/// the rotary-pair permutation of Q/K projections (interleaved pairs against
+/// half-split halves, what Llama converters apply), or any other order.
+fn row_permutation(r: &ModelFile, c: &ModelFile, vr: &TensorView, vc: &TensorView) -> Option<String> {
+    let rows = *vr.shape().first()? as usize;
+    if vr.dtype() != vc.dtype() || vr.shape() != vc.shape() || rows < 2 || vr.bytes.len() % rows != 0 {
+        return None;
+    }
+    let row_bytes = vr.bytes.len() / rows;
+    // The reference's rows as the candidate's file says they are ordered.
+    let expected = rows_in_order_of(c, r, vr);
+    let projection = vr.name().replace(".bias", ".weight");
+    if projection.ends_with(".attn_q.weight") || projection.ends_with(".attn_k.weight") {
+        let heads = qk_order::heads_of(r.metadata(), &projection);
+        use QkRowOrder::{Gguf, HuggingFace};
+        for (from, to, order) in [
+            (HuggingFace, Gguf, "half-split rotary halves interleaved into pairs (the Hugging Face -> GGUF permutation of Llama converters)"),
+            (Gguf, HuggingFace, "interleaved rotary pairs split into halves (the GGUF -> Hugging Face permutation)"),
+        ] {
+            if qk_order::reorder_rows(&expected, row_bytes, heads, from, to) == vc.bytes {
+                return Some(format!("{order}, which the file does not record: RoPE now rotates the wrong pairs"));
+            }
+        }
+    }
+    let sorted = |bytes: &[u8]| {
+        let mut rows: Vec<&[u8]> = bytes.chunks_exact(row_bytes).collect();
+        rows.sort_unstable();
+        rows.into_iter().flatten().copied().collect::<Vec<u8>>()
+    };
+    (sorted(&expected) == sorted(vc.bytes)).then(|| "the same rows in another order".to_string())
 }
 
 /// Whether a square matrix in the candidate equals the reference's transpose.

@@ -19,10 +19,11 @@ pub use capture::{BoundaryDiff, Tolerance};
 pub use classify::Classification;
 
 use crate::backend::BackendKind;
-use crate::container::ModelFile;
+use crate::container::{ModelFile, QkRowOrder};
 use crate::diff::stats::DiffMetrics;
 use crate::error::{Error, Result};
 use crate::generate::argmax;
+use crate::model::weights::RopeStyle;
 use crate::model::{Boundary, KvCache, KvFault, Logits, Model};
 use crate::pipeline;
 use crate::stats::stats_of;
@@ -64,7 +65,8 @@ pub struct TraceDiffOptions {
     /// Feed the prompt without the chat template.
     pub raw: bool,
     pub max_tokens: usize,
-    /// Compare every boundary's activations, not only the logits.
+    /// Compare every boundary's activations, not only the logits (the default:
+    /// it is what names the layer; turn it off only for speed).
     pub trace_tensors: bool,
     pub tolerance: Tolerance,
     pub reference_backend: BackendKind,
@@ -81,7 +83,7 @@ impl TraceDiffOptions {
             system: None,
             raw: false,
             max_tokens: 16,
-            trace_tensors: false,
+            trace_tensors: true,
             tolerance: Tolerance::default(),
             reference_backend: BackendKind::Cpu,
             candidate_backend: BackendKind::Cpu,
@@ -378,6 +380,8 @@ struct Lockstep<'a> {
     candidate_cache: KvCache,
     reference_capture: Capture,
     candidate_capture: Capture,
+    /// The candidate's Q/K row order, when it differs from the reference's.
+    candidate_qk_order: Option<(QkRowOrder, QkRowOrder)>,
     failed: bool,
 }
 
@@ -396,6 +400,7 @@ impl<'a> Lockstep<'a> {
             candidate_cache,
             reference_capture: Capture::new(options.trace_tensors),
             candidate_capture: Capture::new(options.trace_tensors),
+            candidate_qk_order: differing_qk_orders(reference, candidate),
             failed: false,
         }
     }
@@ -432,6 +437,9 @@ impl<'a> Lockstep<'a> {
         let vocab = self.reference.model.config.vocab;
         let widths = boundary_widths(&self.reference.model);
         let boundary_diffs = if self.options.trace_tensors {
+            if let Some((from, to)) = self.candidate_qk_order {
+                self.candidate_capture.reorder_qk(self.candidate.model.config.head_dim, from, to);
+            }
             compare_captures(&self.reference_capture, &self.candidate_capture, widths)
         } else {
             Vec::new()
@@ -478,6 +486,19 @@ impl<'a> Lockstep<'a> {
         }
         Some(choices)
     }
+}
+
+/// Files whose Q/K rows are stored in two orders (a Llama GGUF against its
+/// Hugging Face export) produce the same Q and K values permuted within each
+/// head; the candidate's are brought into the reference's order before
+/// comparing, so only a real difference counts.
+fn differing_qk_orders(reference: &Side, candidate: &Side) -> Option<(QkRowOrder, QkRowOrder)> {
+    let order = |side: &Side| match side.model.weights.rope {
+        RopeStyle::Interleaved => QkRowOrder::Gguf,
+        RopeStyle::Halves => QkRowOrder::HuggingFace,
+    };
+    let (r, c) = (order(reference), order(candidate));
+    (r != c).then_some((c, r))
 }
 
 fn boundary_widths(model: &Model) -> impl Fn(Boundary) -> usize {
