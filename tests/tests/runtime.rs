@@ -5,7 +5,7 @@
 use apr_engine::model_test;
 use apr_engine::testing::report::Status;
 use apr_engine::testing::runner;
-use apr_engine::testing::spec::{BackendKind, Container, ConvertSpec, DTypeSel, Kind, ModelRef, TestSpec};
+use apr_engine::testing::spec::{BackendKind, Container, ConvertSpec, DTypeSel, FaultSpec, Kind, ModelRef, TestSpec};
 use apr_engine::testing::{cache, Report};
 use apr_engine::tracediff::Verdict;
 
@@ -100,6 +100,20 @@ fn a_failing_body_turns_the_report_into_a_failure() {
     assert!(outcome.is_err());
     let report = read_report("failing_body_cpu");
     assert_eq!(report["status"], "FAIL");
+}
+
+/// A failing format-equivalence test compares every boundary, as trace-diff
+/// does: the failure names the first divergent layer and the tensor behind it
+/// (here one layer's ffn_down replaced by another layer's), not "the logits".
+#[test]
+fn a_failing_format_equivalence_names_the_layer_and_the_tensor() {
+    const SWAP: &[FaultSpec] = &[FaultSpec::Swap("blk.3.ffn_down.weight", "blk.7.ffn_down.weight")];
+    let candidate = ModelRef::Convert(ConvertSpec { to: Container::Apr, dtype: DTypeSel::Keep, faults: SWAP });
+    let spec = TestSpec { candidate: Some(candidate), ..spec(BackendKind::Cpu, "swapped_ffn_down_cpu") };
+    let failure = std::panic::catch_unwind(|| runner::run(&spec, |_| {})).map_err(panic_text).unwrap_err();
+    assert!(failure.contains("layer 3"), "{failure}");
+    assert!(failure.contains("LayerCorrupted(3)"), "{failure}");
+    assert!(failure.contains("blk.3.ffn_down.weight") && failure.contains("blk.7.ffn_down.weight"), "{failure}");
 }
 
 /// The golden cycle: missing -> pending snapshot written and the test fails;

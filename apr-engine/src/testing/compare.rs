@@ -26,7 +26,8 @@ pub fn run(
     let options = |prompt: &str| {
         let mut o = TraceDiffOptions::new(prompt);
         o.max_tokens = spec.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
-        o.trace_tensors = spec.kind == Kind::TraceDiff;
+        // Every boundary, for both kinds: a failure must name the layer and tensor, not "logits".
+        o.trace_tensors = true;
         o.tolerance = trace_tolerance(&tolerances);
         o
     };
