@@ -1,6 +1,5 @@
 //! `cargo apr bench MODEL`: llama-bench-style prefill (pp) and decode (tg) throughput.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use apr_engine::backend::cpu::Cpu;
@@ -9,19 +8,26 @@ use apr_engine::container::ModelFile;
 use apr_engine::model::Model;
 use serde_json::json;
 
-use super::{human_bytes, threads};
+use super::common_args::ModelArg;
+use super::{human_bytes, threads, values};
 
 #[derive(clap::Args)]
 pub struct Args {
-    model: PathBuf,
-    #[arg(long, default_value_t = 512)]
+    #[command(flatten)]
+    model: ModelArg,
+    /// Prompt tokens of the prefill test (pp).
+    #[arg(long, default_value_t = 512, value_parser = values::at_least_one)]
     prompt_tokens: usize,
-    #[arg(long, default_value_t = 128)]
+    /// Generated tokens of the decode test (tg).
+    #[arg(long, default_value_t = 128, value_parser = values::at_least_one)]
     gen_tokens: usize,
-    #[arg(long, default_value_t = 5)]
+    /// Timed repetitions of each test (after one untimed warm-up).
+    #[arg(long, short = 'r', default_value_t = 5, value_parser = values::at_least_one)]
     reps: usize,
-    #[arg(long)]
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't', value_parser = values::at_least_one)]
     threads: Option<usize>,
+    /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
 }
@@ -29,7 +35,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let threads = threads::configure(args.threads)?;
     let started = Instant::now();
-    let file = ModelFile::open(&args.model)?;
+    let file = ModelFile::open(args.model.path())?;
     let size = file.file_size();
     let model = Model::load(file, Box::new(Cpu))?;
     let load_s = started.elapsed().as_secs_f64();
@@ -38,7 +44,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let rss = peak_rss_bytes();
     if args.json {
         let mut value = serde_json::to_value(&r)?;
-        value["model"] = json!(args.model.display().to_string());
+        value["schema"] = json!("apr.bench.v1");
+        value["model"] = json!(args.model.path().display().to_string());
         value["file_bytes"] = json!(size);
         value["threads"] = json!(threads);
         value["backend"] = json!(model.backend_name());
@@ -47,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string(&value)?);
         return Ok(crate::exit::PASS);
     }
-    let name = args.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = args.model.path().file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     println!(
         "| {:<40} | {:>10} | {:>7} | {:>7} | {:>8} | {:>18} |",
         "model", "size", "backend", "threads", "test", "t/s"

@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod check;
+mod common_args;
 mod compare_inference;
 mod convert;
 mod diff_tensors;
@@ -19,6 +20,7 @@ mod threads;
 mod trace_args;
 mod trace_diff;
 mod validate;
+mod values;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +68,19 @@ enum Command {
     /// Check a model file's structure and values (exit 1 on any failure).
     Validate(validate::Args),
 }
+
+/// A command line that parses but asks for something meaningless (a flag
+/// that would have no effect); `main` prints it and exits 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {

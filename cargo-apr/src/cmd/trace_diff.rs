@@ -73,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         tolerance: args.tolerance,
         reference_backend: args.reference_backend.into(),
         candidate_backend: args.candidate_backend.into(),
-        ..args.prompt.options(args.max_tokens)
+        ..args.prompt.options(args.max_tokens)?
     };
     let report = trace_diff_paths(&args.reference, &args.candidate, &options)?;
     if args.json {
