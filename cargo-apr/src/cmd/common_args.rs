@@ -29,13 +29,13 @@ impl ModelArg {
 #[derive(clap::Args, Debug)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 = greedy (argmax).
-    #[arg(long, default_value_t = 0.0, value_parser = values::temperature)]
+    #[arg(long, default_value_t = 0.0, value_parser = values::temperature, allow_negative_numbers = true)]
     temperature: f32,
     /// Sample among the K most likely tokens only (needs --temperature > 0) [default: 0 = no cut].
     #[arg(long, value_name = "K")]
     top_k: Option<usize>,
     /// Sample from the smallest set of tokens holding this much probability (needs --temperature > 0) [default: 1 = no cut].
-    #[arg(long, value_name = "P", value_parser = values::top_p)]
+    #[arg(long, value_name = "P", value_parser = values::top_p, allow_negative_numbers = true)]
     top_p: Option<f32>,
     /// Seed of the sampler (needs --temperature > 0) [default: 42].
     #[arg(long)]

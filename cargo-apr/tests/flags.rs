@@ -1,0 +1,164 @@
+//! What the command line accepts and refuses: arguments that are not UTF-8,
+//! prompts from a file or stdin, flag values outside their range, flags that
+//! would be ignored, and errors that say each cause once. Models run here are
+//! SmolLM2 (the fastest); most cases are refused before any model loads.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use apr_engine::testing::models::SMOLLM2;
+use assert_cmd::Command;
+
+fn apr() -> Command {
+    let mut command = Command::cargo_bin("cargo-apr").unwrap();
+    command.arg("apr");
+    command
+}
+
+fn smollm2() -> String {
+    SMOLLM2.require().display().to_string()
+}
+
+/// Runs `command`, checks its exit code, returns stdout and stderr.
+fn outputs(command: &mut Command, code: i32) -> (String, String) {
+    let output = command.assert().code(code).get_output().clone();
+    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Greedy tokens of `run --json` with extra arguments.
+fn run_json(extra: &[&str], stdin: Option<&str>) -> serde_json::Value {
+    let mut command = apr();
+    command.args(["run", &smollm2(), "--raw", "-n", "4", "--json"]).args(extra);
+    if let Some(input) = stdin {
+        command.write_stdin(input);
+    }
+    let (out, err) = outputs(&mut command, 0);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"))
+}
+
+#[test]
+fn a_prompt_that_is_not_utf8_is_a_usage_error_naming_the_flag_and_byte() {
+    let (_, err) = outputs(apr().args(["run", &smollm2(), "-p"]).arg(OsStr::from_bytes(b"\xff\xfe hi")), 2);
+    assert!(err.contains("--prompt") && err.contains("0xff at offset 0"), "{err}");
+    let (_, err) = outputs(apr().args(["run", &smollm2(), "-p", "hi", "--system"]).arg(OsStr::from_bytes(b"a\xe9")), 2);
+    assert!(err.contains("--system") && err.contains("0xe9 at offset 1"), "{err}");
+}
+
+#[test]
+fn a_path_that_is_not_utf8_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join(OsStr::from_bytes(b"m\xe9.gguf"));
+    std::os::unix::fs::symlink(SMOLLM2.require(), &link).unwrap();
+    let (out, _) = outputs(apr().arg("inspect").arg(&link), 0);
+    assert!(out.contains("llama"), "{out}");
+    let missing = dir.path().join(OsStr::from_bytes(b"gone\xe9.gguf"));
+    let (_, err) = outputs(apr().arg("inspect").arg(&missing), 1);
+    assert!(err.contains("gone") && err.contains("No such file"), "{err}");
+}
+
+#[test]
+fn the_prompt_comes_from_a_file_or_stdin_as_from_the_flag() {
+    let prompt = "The capital of France is";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompt.txt");
+    std::fs::write(&file, prompt).unwrap();
+    let from_flag = run_json(&["-p", prompt], None);
+    let from_file = run_json(&["--prompt-file", file.to_str().unwrap()], None);
+    let from_stdin = run_json(&["-p", "-"], Some(prompt));
+    assert_eq!(from_flag["prompt_tokens"], from_file["prompt_tokens"]);
+    assert_eq!(from_flag["prompt_tokens"], from_stdin["prompt_tokens"]);
+    assert_eq!(from_flag["tokens"], from_stdin["tokens"]);
+}
+
+#[test]
+fn a_bad_prompt_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("latin1.txt");
+    std::fs::write(&file, b"caf\xe9").unwrap();
+    let (_, err) = outputs(apr().args(["run", &smollm2(), "--prompt-file", file.to_str().unwrap()]), 1);
+    assert!(err.contains("latin1.txt") && err.contains("not valid UTF-8") && err.contains("offset 3"), "{err}");
+    let (_, err) = outputs(apr().args(["run", &smollm2(), "--prompt-file", "/no/such/prompt.txt"]), 1);
+    assert!(err.contains("/no/such/prompt.txt"), "{err}");
+    // One source only, and one is needed.
+    let (_, err) = outputs(apr().args(["run", &smollm2(), "-p", "hi", "--prompt-file", file.to_str().unwrap()]), 2);
+    assert!(err.contains("--prompt-file"), "{err}");
+    outputs(apr().args(["run", &smollm2()]), 2);
+}
+
+#[test]
+fn sampling_values_outside_their_range_are_usage_errors() {
+    let m = smollm2();
+    for (flag, value, range) in [
+        ("--temperature", "NaN", ">= 0"),
+        ("--temperature", "inf", ">= 0"),
+        ("--temperature", "-1", ">= 0"),
+        ("--top-p", "2", "(0, 1]"),
+        ("--top-p", "NaN", "(0, 1]"),
+        ("--top-p", "-1", "(0, 1]"),
+    ] {
+        // --top-p is only meaningful when sampling, so it is tried with a temperature.
+        let sampling: &[&str] = if flag == "--top-p" { &["--temperature", "0.5"] } else { &[] };
+        let (_, err) = outputs(apr().args(["run", &m, "-p", "hi", flag, value]).args(sampling), 2);
+        assert!(err.contains(flag) && err.contains(range), "{flag} {value}: {err}");
+    }
+}
+
+#[test]
+fn counts_of_zero_are_usage_errors() {
+    let m = smollm2();
+    for args in [
+        &["bench", &m, "--reps", "0"][..],
+        &["profile", &m, "--measure", "0"],
+        &["run", &m, "-p", "hi", "--threads", "0"],
+        &["chat", &m, "--context", "0"],
+    ] {
+        let (_, err) = outputs(apr().args(args), 2);
+        assert!(err.contains("at least 1"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn too_many_threads_are_capped_with_a_note() {
+    let (_, err) = outputs(apr().args(["run", &smollm2(), "--raw", "-p", "Hi", "-n", "2", "--threads", "4000"]), 0);
+    assert!(err.contains("--threads 4000 capped at"), "{err}");
+}
+
+#[test]
+fn flags_that_would_be_ignored_are_usage_errors() {
+    let m = smollm2();
+    for (args, says) in [
+        (&["profile", &m, "--assert-p50", "5"][..], "--ci"),
+        (&["profile", &m, "--ci"], "--assert"),
+        (&["run", &m, "-p", "hi", "--logits-top-k", "3"], "--json"),
+        (&["run", &m, "-p", "hi", "--top-k", "3"], "--temperature"),
+        (&["run", &m, "-p", "hi", "--seed", "7"], "--temperature"),
+        (&["chat", &m, "--top-p", "0.9"], "--temperature"),
+        (&["run", &m, "-p", "hi", "--raw", "--system", "s"], "--system"),
+        (&["run", &m, "-p", "hi", "--trace-level", "none", "--trace-output", "t.json"], "none"),
+    ] {
+        let (_, err) = outputs(apr().args(args), 2);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn trace_level_none_traces_nothing() {
+    let (_, err) = outputs(apr().args(["run", &smollm2(), "--raw", "-p", "Hi", "-n", "2", "--trace-level", "none"]), 0);
+    assert!(!err.contains("[trace]") && !err.contains("kernel"), "{err}");
+}
+
+#[test]
+fn a_parse_error_says_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.gguf");
+    let bytes = std::fs::read(SMOLLM2.require()).unwrap();
+    std::fs::write(&cut, &bytes[..3_000_000]).unwrap();
+    let cut = cut.to_str().unwrap();
+    for args in [&["inspect", cut][..], &["run", cut, "-p", "hi"], &["diff-tensors", cut, cut]] {
+        let (_, err) = outputs(apr().args(args), 1);
+        assert!(err.contains("cut.gguf") && err.contains("offset"), "{err}");
+        assert_eq!(err.matches("runs past the end").count(), 1, "cause said more than once: {err}");
+    }
+    let (_, err) = outputs(apr().args(["inspect", "/no/such/model.gguf"]), 1);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
