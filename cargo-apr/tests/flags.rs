@@ -162,3 +162,40 @@ fn a_parse_error_says_its_cause_once() {
     let (_, err) = outputs(apr().args(["inspect", "/no/such/model.gguf"]), 1);
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+#[test]
+fn every_json_report_names_its_schema() {
+    let m = smollm2();
+    let reports: [(&str, &[&str]); 9] = [
+        ("run", &["run", &m, "-p", "Hi", "-n", "2", "--json"]),
+        ("check", &["check", &m, "--json"]),
+        ("inspect", &["inspect", &m, "--json"]),
+        ("validate", &["validate", &m, "--json"]),
+        ("validate", &["validate", "/no/such/model.gguf", "--json"]),
+        ("diff-tensors", &["diff-tensors", &m, &m, "--json"]),
+        ("compare-inference", &["compare-inference", &m, &m, "-p", "Hi", "-n", "2", "--json"]),
+        ("bench", &["bench", &m, "--prompt-tokens", "8", "--gen-tokens", "2", "--reps", "1", "--json"]),
+        ("profile", &["profile", &m, "--warmup", "1", "--measure", "2", "--json"]),
+    ];
+    for (command, args) in reports {
+        let output = apr().args(args).output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&output.stdout)));
+        assert_eq!(report["schema"], format!("apr.{command}.v1"), "{args:?}");
+    }
+    let trace_diff = apr().args(["trace-diff", &m, &m, "-p", "Hi", "-n", "2", "--json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&trace_diff.stdout).unwrap();
+    assert!(report["schema"].as_str().is_some_and(|s| s.starts_with("apr.trace-diff")), "{report:.200}");
+}
+
+#[test]
+fn the_model_can_be_given_as_dash_m_and_counts_as_n_and_t() {
+    let m = smollm2();
+    let positional = run_json(&["-p", "Hi"], None);
+    let (out, _) = outputs(apr().args(["run", "-m", &m, "--raw", "-p", "Hi", "-n", "4", "-t", "2", "--json"]), 0);
+    let flagged: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(positional["tokens"], flagged["tokens"]);
+    assert_eq!(flagged["tokens"].as_array().unwrap().len(), 4);
+    let (_, err) = outputs(apr().args(["inspect", &m, "-m", &m]), 2);
+    assert!(err.contains("--model"), "{err}");
+}

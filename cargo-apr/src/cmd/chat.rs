@@ -1,6 +1,7 @@
 //! `cargo apr chat MODEL`: multi-turn chat on stdin; reuses the KV cache for
 //! the part of the conversation that is unchanged.
 
+use anyhow::Context;
 use apr_engine::generate::{generate_observed, GenerateOptions};
 use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::Pipeline;
@@ -63,7 +64,10 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             continue;
         }
         messages.push(ChatMessage::new("user", line));
-        let prompt = pipeline.tokenizer.encode_with_special(&pipeline.render_chat(&messages)?, true);
+        let rendered = pipeline
+            .render_chat(&messages)
+            .with_context(|| format!("{}: rendering the chat template", args.model.path().display()))?;
+        let prompt = pipeline.tokenizer.encode_with_special(&rendered, true);
         // Keep the cached prefix the new prompt shares; run only the rest.
         let shared =
             cached_tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len().saturating_sub(1));

@@ -15,8 +15,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let stages = apr_engine::check::check(args.model.path());
+    let passed = stages.iter().all(|s| s.passed);
     if args.json {
-        let passed = stages.iter().all(|s| s.passed);
         let report =
             json!({ "schema": "apr.check.v1", "model": args.model.path(), "passed": passed, "stages": stages });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -24,6 +24,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         for s in &stages {
             println!("{} {:<11} {}", if s.passed { "PASS" } else { "FAIL" }, s.name, s.detail);
         }
+        // The verdict names the file: in a CI log of many models, a FAIL line alone says not which.
+        let failed = stages.iter().find(|s| !s.passed).map(|s| s.name);
+        println!(
+            "{}: {}",
+            args.model.path().display(),
+            failed.map_or("PASS".into(), |stage| format!("FAIL at {stage}"))
+        );
     }
-    Ok(if stages.iter().all(|s| s.passed) { crate::exit::PASS } else { crate::exit::FAILURE })
+    Ok(if passed { crate::exit::PASS } else { crate::exit::FAILURE })
 }

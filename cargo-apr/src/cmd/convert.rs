@@ -34,11 +34,14 @@ enum DTypeArg {
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The model to convert.
     input: PathBuf,
+    /// Where to write it (format from the extension unless --to).
     output: PathBuf,
     /// Output format (default: from OUT's extension).
     #[arg(long)]
     to: Option<Target>,
+    /// Dtype of the weight tensors in OUT (keep: as in IN, bytes carried unchanged).
     #[arg(long, value_enum, default_value = "keep")]
     dtype: DTypeArg,
     /// Overwrite OUT if it exists.

@@ -7,11 +7,14 @@ use apr_engine::ModelFile;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model A.
     a: PathBuf,
+    /// Model B, compared tensor by tensor against A.
     b: PathBuf,
     /// Only tensors whose canonical name contains this.
     #[arg(long)]
     filter: Option<String>,
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -117,3 +117,28 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{value:.2} {}", UNITS[unit])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `(subcommand, argument)` of every argument without help text.
+    fn arguments_without_help() -> Vec<(String, String)> {
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let builtin = ["help", "version"].contains(&arg.get_id().as_str());
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push((sub.get_name().to_string(), arg.get_id().to_string()));
+                }
+            }
+        }
+        missing
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        assert_eq!(arguments_without_help(), Vec::<(String, String)>::new());
+    }
+}

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::time::Instant;
 
+use anyhow::Context;
 use apr_engine::generate::{generate_observed, GenerateOptions, Timings};
 use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::Pipeline;
@@ -74,7 +75,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let prompt_text = args.prompt.read()?;
     let threads = threads::configure(args.threads)?;
     let pipeline = Pipeline::open(args.model.path())?;
-    let prompt = pipeline.prompt_tokens(&prompt_text, args.system.as_deref(), args.raw)?;
+    let prompt = pipeline
+        .prompt_tokens(&prompt_text, args.system.as_deref(), args.raw)
+        .with_context(|| format!("{}: preparing the prompt", args.model.path().display()))?;
     let options = GenerateOptions { max_tokens: args.max_tokens, sampling, logits_top_k: args.logits_top_k };
     let context = (prompt.len() + args.max_tokens).min(pipeline.model.config.context_length.max(prompt.len() + 1));
     let mut cache = pipeline.model.new_cache(context);

@@ -11,11 +11,14 @@ use crate::exit;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The reference model (the one believed right).
     reference: PathBuf,
+    /// The candidate model, compared against the reference.
     candidate: PathBuf,
     #[command(flatten)]
     prompt: PromptArgs,
-    #[arg(long, default_value_t = 16)]
+    /// Tokens of the reference's greedy output to compare.
+    #[arg(long, short = 'n', default_value_t = 16)]
     max_tokens: usize,
     /// Compare the activations at every boundary of every position, not only the logits.
     #[arg(long)]
@@ -29,6 +32,7 @@ pub struct Args {
     /// Backend of the candidate (diff one file on two backends by naming it twice).
     #[arg(long, value_enum, default_value = "cpu")]
     candidate_backend: BackendArg,
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
