@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use apr_engine::container::FormatKind;
-use apr_engine::convert::{convert, format_for_extension, ConvertOptions, DTypeChoice};
+use apr_engine::container::TensorSource;
+use apr_engine::convert::{convert, format_for_extension, ConvertOptions, ConvertingSource, DTypeChoice};
 use apr_engine::{DType, ModelFile};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -68,12 +69,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     };
     let input = ModelFile::open(&args.input)?;
     let started = Instant::now();
-    let bar = ProgressBar::new(input.tensors().iter().map(|t| t.size).sum());
+    let options = ConvertOptions { to, dtype, force: args.force };
+    let bar = ProgressBar::new(output_tensor_bytes(&input, options)?);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}").expect("valid template"),
     );
-    let report =
-        convert(&input, &args.output, ConvertOptions { to, dtype, force: args.force }, &mut |bytes| bar.inc(bytes))?;
+    let report = convert(&input, &args.output, options, &mut |bytes| bar.inc(bytes))?;
     bar.finish_and_clear();
     for note in &report.notes {
         eprintln!("note: {note}");
@@ -97,4 +98,37 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         human_bytes(input.file_size())
     );
     Ok(crate::exit::PASS)
+}
+
+/// The bytes of OUT's tensors, which the writer reports as it goes: the
+/// progress total, different from IN's when the dtype changes.
+fn output_tensor_bytes(input: &ModelFile, options: ConvertOptions) -> anyhow::Result<u64> {
+    let source = ConvertingSource::new(input, options)?;
+    let mut total = 0;
+    for spec in source.specs() {
+        total += spec.dtype.byte_size(&spec.shape).with_context(|| format!("tensor {}", spec.name))?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use apr_engine::container::FormatKind;
+    use apr_engine::convert::{convert, ConvertOptions, DTypeChoice};
+    use apr_engine::testing::models::SMOLLM2;
+    use apr_engine::{DType, ModelFile};
+
+    #[test]
+    fn the_progress_total_is_what_the_writer_reports_when_the_dtype_changes() {
+        let input = ModelFile::open(SMOLLM2.require()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("q8.apr");
+        let options = ConvertOptions { to: FormatKind::Apr, dtype: DTypeChoice::To(DType::Q8_0), force: false };
+        let mut reported = 0;
+        convert(&input, &out, options, &mut |bytes| reported += bytes).unwrap();
+        let total = super::output_tensor_bytes(&input, options).unwrap();
+        assert_eq!(total, reported);
+        let input_total: u64 = input.tensors().iter().map(|t| t.size).sum();
+        assert_ne!(total, input_total, "the case must change the size");
+    }
 }
