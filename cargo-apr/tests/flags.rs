@@ -199,3 +199,14 @@ fn the_model_can_be_given_as_dash_m_and_counts_as_n_and_t() {
     let (_, err) = outputs(apr().args(["inspect", &m, "-m", &m]), 2);
     assert!(err.contains("--model"), "{err}");
 }
+
+#[test]
+fn a_folder_is_said_to_be_read_as_a_hugging_face_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    for args in [&["inspect", folder][..], &["run", folder, "-p", "hi"], &["diff-tensors", folder, folder]] {
+        let (_, err) = outputs(apr().args(args), 1);
+        assert!(err.contains("read as a Hugging Face model folder") && err.contains("model.safetensors"), "{err}");
+        assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    }
+}

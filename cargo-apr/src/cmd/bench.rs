@@ -8,7 +8,7 @@ use apr_engine::container::ModelFile;
 use apr_engine::model::Model;
 use serde_json::json;
 
-use super::common_args::ModelArg;
+use super::common_args::{opened, ModelArg};
 use super::{human_bytes, threads, values};
 
 #[derive(clap::Args)]
@@ -35,7 +35,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let threads = threads::configure(args.threads)?;
     let started = Instant::now();
-    let file = ModelFile::open(args.model.path())?;
+    let file = opened(args.model.path(), ModelFile::open(args.model.path()))?;
     let size = file.file_size();
     let model = Model::load(file, Box::new(Cpu))?;
     let load_s = started.elapsed().as_secs_f64();

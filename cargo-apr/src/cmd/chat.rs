@@ -8,7 +8,7 @@ use apr_engine::pipeline::Pipeline;
 use apr_engine::tokenizer::chat::ChatMessage;
 use std::io::{BufRead, IsTerminal, Write};
 
-use super::common_args::{ModelArg, SamplingArgs};
+use super::common_args::{opened, ModelArg, SamplingArgs};
 use super::stream::TextStream;
 use super::threads;
 use super::trace_args::TraceArgs;
@@ -40,7 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let sampling = args.sampling.params()?;
     args.trace.level()?;
     threads::configure(args.threads)?;
-    let pipeline = Pipeline::open(args.model.path())?;
+    let pipeline = opened(args.model.path(), Pipeline::open(args.model.path()))?;
     let interactive = std::io::stdin().is_terminal();
     let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
     let mut cache = pipeline.model.new_cache(args.context.min(pipeline.model.config.context_length));

@@ -1,7 +1,9 @@
 //! Flags several commands share, spelled the same everywhere: the model
 //! (positional, or `-m` as llama.cpp users type it) and the sampling flags.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use apr_engine::generate::SamplingParams;
 
@@ -63,4 +65,20 @@ impl SamplingArgs {
             seed: self.seed.unwrap_or(defaults.seed),
         })
     }
+}
+
+/// `result` of opening `path`; when `path` is a folder, the error says it was
+/// read as a Hugging Face model folder (otherwise a missing `model.safetensors`
+/// inside it is a puzzle).
+pub fn opened<T>(path: &Path, result: apr_engine::Result<T>) -> anyhow::Result<T> {
+    let result = result.map_err(anyhow::Error::from);
+    if !path.is_dir() {
+        return result; // the error already names the file
+    }
+    result.with_context(|| {
+        format!(
+            "{}: read as a Hugging Face model folder (model.safetensors, config.json, tokenizer.json)",
+            path.display()
+        )
+    })
 }

@@ -10,6 +10,7 @@ use apr_engine::convert::{convert, format_for_extension, ConvertOptions, Convert
 use apr_engine::{DType, ModelFile};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::common_args::opened;
 use super::human_bytes;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -67,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         DTypeArg::Q4K => DTypeChoice::To(DType::Q4_K),
         DTypeArg::Q6K => DTypeChoice::To(DType::Q6_K),
     };
-    let input = ModelFile::open(&args.input)?;
+    let input = opened(&args.input, ModelFile::open(&args.input))?;
     let started = Instant::now();
     let options = ConvertOptions { to, dtype, force: args.force };
     let bar = ProgressBar::new(output_tensor_bytes(&input, options)?);

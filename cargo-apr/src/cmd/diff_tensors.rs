@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use apr_engine::diff::tensors::{diff_tensors, DiffOptions, TensorDiffReport, Verdict};
 use apr_engine::ModelFile;
 
+use super::common_args::opened;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Model A.
@@ -20,8 +22,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let a = ModelFile::open(&args.a)?;
-    let b = ModelFile::open(&args.b)?;
+    let a = opened(&args.a, ModelFile::open(&args.a))?;
+    let b = opened(&args.b, ModelFile::open(&args.b))?;
     let report = diff_tensors(&a, &b, &DiffOptions { filter: args.filter })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -3,7 +3,7 @@
 use apr_engine::inspect::{inspect, InspectReport};
 use apr_engine::ModelFile;
 
-use super::common_args::ModelArg;
+use super::common_args::{opened, ModelArg};
 use super::human_bytes;
 
 #[derive(clap::Args)]
@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let model = ModelFile::open(args.model.path())?;
+    let model = opened(args.model.path(), ModelFile::open(args.model.path()))?;
     let report = inspect(&model, args.tensors);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -9,7 +9,7 @@ use apr_engine::container::ModelFile;
 use apr_engine::model::Model;
 use serde::Serialize;
 
-use super::common_args::ModelArg;
+use super::common_args::{opened, ModelArg};
 use super::{threads, values};
 
 #[derive(clap::Args)]
@@ -68,7 +68,7 @@ struct ProfileJson {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let threads = threads::configure(args.threads)?;
-    let model = Model::load(ModelFile::open(args.model.path())?, Box::new(Cpu))?;
+    let model = Model::load(opened(args.model.path(), ModelFile::open(args.model.path()))?, Box::new(Cpu))?;
     let latencies = decode_latencies(&model, args.warmup, args.measure)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let total: Duration = latencies.iter().sum();

@@ -9,7 +9,7 @@ use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::Pipeline;
 use serde::Serialize;
 
-use super::common_args::{ModelArg, SamplingArgs};
+use super::common_args::{opened, ModelArg, SamplingArgs};
 use super::prompt_args::PromptSource;
 use super::stream::TextStream;
 use super::trace_args::TraceArgs;
@@ -74,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     args.trace.level()?;
     let prompt_text = args.prompt.read()?;
     let threads = threads::configure(args.threads)?;
-    let pipeline = Pipeline::open(args.model.path())?;
+    let pipeline = opened(args.model.path(), Pipeline::open(args.model.path()))?;
     let prompt = pipeline
         .prompt_tokens(&prompt_text, args.system.as_deref(), args.raw)
         .with_context(|| format!("{}: preparing the prompt", args.model.path().display()))?;
