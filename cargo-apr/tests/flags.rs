@@ -210,3 +210,25 @@ fn a_folder_is_said_to_be_read_as_a_hugging_face_folder() {
         assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
     }
 }
+
+/// `cargo-apr apr ARGS` under a pseudo-terminal (util-linux `script`), with `NO_COLOR` as given.
+fn on_a_terminal(args: &str, no_color: Option<&str>) -> String {
+    let binary = assert_cmd::cargo::cargo_bin("cargo-apr");
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &format!("{} apr {args}", binary.display()), "/dev/null"]).env_remove("NO_COLOR");
+    if let Some(value) = no_color {
+        script.env("NO_COLOR", value);
+    }
+    String::from_utf8_lossy(&script.output().expect("util-linux script runs").stdout).into_owned()
+}
+
+#[test]
+fn verdicts_are_coloured_on_a_terminal_only() {
+    let args = format!("check {}", smollm2());
+    let coloured = on_a_terminal(&args, None);
+    assert!(coloured.contains("\x1b[1;32mPASS\x1b[0m open"), "{coloured:?}");
+    let plain = on_a_terminal(&args, Some("1"));
+    assert!(plain.contains("PASS open") && !plain.contains('\x1b'), "{plain:?}");
+    let (piped, _) = outputs(apr().args(["check", &smollm2()]), 0);
+    assert!(piped.contains("PASS open") && !piped.contains('\x1b'), "{piped:?}");
+}

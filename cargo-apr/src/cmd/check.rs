@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use super::color::status;
 use super::common_args::ModelArg;
 
 #[derive(clap::Args)]
@@ -22,14 +23,14 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for s in &stages {
-            println!("{} {:<11} {}", if s.passed { "PASS" } else { "FAIL" }, s.name, s.detail);
+            println!("{} {:<11} {}", status(if s.passed { "PASS" } else { "FAIL" }), s.name, s.detail);
         }
         // The verdict names the file: in a CI log of many models, a FAIL line alone says not which.
         let failed = stages.iter().find(|s| !s.passed).map(|s| s.name);
         println!(
             "{}: {}",
             args.model.path().display(),
-            failed.map_or("PASS".into(), |stage| format!("FAIL at {stage}"))
+            failed.map_or(status("PASS"), |stage| format!("{} at {stage}", status("FAIL")))
         );
     }
     Ok(if passed { crate::exit::PASS } else { crate::exit::FAILURE })

@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod check;
+mod color;
 mod common_args;
 mod compare_inference;
 mod convert;

@@ -9,6 +9,7 @@ use apr_engine::container::ModelFile;
 use apr_engine::model::Model;
 use serde::Serialize;
 
+use super::color::status;
 use super::common_args::{opened, ModelArg};
 use super::{threads, values};
 
@@ -109,7 +110,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         if args.ci {
             for a in &report.assertions {
                 let op = if a.name == "throughput" { ">=" } else { "<=" };
-                println!("{} {}: {:.2} {op} {:.2}", if a.passed { "PASS" } else { "FAIL" }, a.name, a.value, a.limit);
+                println!(
+                    "{} {}: {:.2} {op} {:.2}",
+                    status(if a.passed { "PASS" } else { "FAIL" }),
+                    a.name,
+                    a.value,
+                    a.limit
+                );
             }
         }
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use apr_engine::validate::{validate, Finding, Status, ValidationReport};
 use apr_engine::ModelFile;
 
+use super::color;
 use super::common_args::ModelArg;
 
 #[derive(clap::Args)]
@@ -32,11 +33,17 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 Status::Fail => "FAIL",
             };
             let tensor = f.tensor.as_deref().map(|t| format!(" {t}:")).unwrap_or_default();
-            println!("{status} {}:{tensor} {}", f.check, f.detail);
+            println!("{} {}:{tensor} {}", color::status(status), f.check, f.detail);
         }
         let count = |s: Status| report.findings.iter().filter(|f| f.status == s).count();
         let verdict = if report.failed() { "FAIL" } else { "PASS" };
-        println!("{}: {verdict} ({} failed, {} warnings)", path.display(), count(Status::Fail), count(Status::Warn));
+        println!(
+            "{}: {} ({} failed, {} warnings)",
+            path.display(),
+            color::status(verdict),
+            count(Status::Fail),
+            count(Status::Warn)
+        );
     }
     Ok(if report.failed() { crate::exit::FAILURE } else { crate::exit::PASS })
 }
