@@ -20,6 +20,7 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    end_quietly_on_a_closed_pipe();
     // OS strings, not `env::args()`: a path or prompt that is not UTF-8 must
     // reach clap (which names the argument) instead of panicking here.
     let mut args: Vec<OsString> = std::env::args_os().collect();
@@ -44,5 +45,16 @@ fn main() -> ExitCode {
             eprintln!("error: {}", error_chain::render(&e));
             ExitCode::from(exit::FAILURE)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `println!` into a closed pipe (`cargo apr bench | head -3`)
+/// panics; with the default action the process ends as any Unix filter does.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
