@@ -232,3 +232,18 @@ fn verdicts_are_coloured_on_a_terminal_only() {
     let (piped, _) = outputs(apr().args(["check", &smollm2()]), 0);
     assert!(piped.contains("PASS open") && !piped.contains('\x1b'), "{piped:?}");
 }
+
+#[test]
+fn a_diff_filter_that_selects_nothing_is_an_error_not_equal() {
+    let m = smollm2();
+    let (_, err) = outputs(apr().args(["diff-tensors", &m, &m, "--filter", "no_such_tensor"]), 1);
+    assert!(err.contains("no_such_tensor") && err.contains("matches no tensor"), "{err}");
+    let (out, _) = outputs(apr().args(["diff-tensors", &m, &m, "--filter", "output_norm"]), 0);
+    assert!(out.contains("1 compared"), "{out}");
+}
+
+#[test]
+fn a_chat_context_above_the_models_is_capped_with_a_note() {
+    let (_, err) = outputs(apr().args(["chat", &smollm2(), "--context", "10000000", "-n", "2"]).write_stdin("Hi\n"), 0);
+    assert!(err.contains("--context 10000000 capped at the model's context length 8192"), "{err}");
+}

@@ -43,7 +43,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let pipeline = opened(args.model.path(), Pipeline::open(args.model.path()))?;
     let interactive = std::io::stdin().is_terminal();
     let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
-    let mut cache = pipeline.model.new_cache(args.context.min(pipeline.model.config.context_length));
+    let model_context = pipeline.model.config.context_length;
+    if args.context > model_context {
+        eprintln!("note: --context {} capped at the model's context length {model_context}", args.context);
+    }
+    let mut cache = pipeline.model.new_cache(args.context.min(model_context));
     let mut cached_tokens: Vec<u32> = Vec::new();
     let options = GenerateOptions { max_tokens: args.max_tokens, sampling, logits_top_k: None };
     let mut tracer = args.trace.tracer(&pipeline.model)?;

@@ -24,7 +24,14 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let a = opened(&args.a, ModelFile::open(&args.a))?;
     let b = opened(&args.b, ModelFile::open(&args.b))?;
-    let report = diff_tensors(&a, &b, &DiffOptions { filter: args.filter })?;
+    let report = diff_tensors(&a, &b, &DiffOptions { filter: args.filter.clone() })?;
+    let s = &report.summary;
+    if let Some(filter) = &args.filter {
+        // A filter that selects nothing would report EQUAL about nothing.
+        if s.compared + s.missing + s.extra == 0 {
+            anyhow::bail!("--filter {filter:?} matches no tensor of {} or {}", args.a.display(), args.b.display());
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
