@@ -247,3 +247,14 @@ fn a_chat_context_above_the_models_is_capped_with_a_note() {
     let (_, err) = outputs(apr().args(["chat", &smollm2(), "--context", "10000000", "-n", "2"]).write_stdin("Hi\n"), 0);
     assert!(err.contains("--context 10000000 capped at the model's context length 8192"), "{err}");
 }
+
+#[test]
+fn the_largest_max_tokens_does_not_overflow() {
+    let output = apr()
+        .args(["run", &smollm2(), "-p", "Say hi", "-n", &usize::MAX.to_string(), "--json"])
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(matches!(output.status.code(), Some(0 | 1)) && !err.contains("overflow"), "{:?} {err}", output.status);
+}

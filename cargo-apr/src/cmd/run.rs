@@ -79,7 +79,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .prompt_tokens(&prompt_text, args.system.as_deref(), args.raw)
         .with_context(|| format!("{}: preparing the prompt", args.model.path().display()))?;
     let options = GenerateOptions { max_tokens: args.max_tokens, sampling, logits_top_k: args.logits_top_k };
-    let context = (prompt.len() + args.max_tokens).min(pipeline.model.config.context_length.max(prompt.len() + 1));
+    // Saturating: `-n 18446744073709551615` means "until the context is full", not an overflow.
+    let context =
+        prompt.len().saturating_add(args.max_tokens).min(pipeline.model.config.context_length.max(prompt.len() + 1));
     let mut cache = pipeline.model.new_cache(context);
     let mut stream = TextStream::new(&pipeline.tokenizer);
     let stdout = std::io::stdout();
