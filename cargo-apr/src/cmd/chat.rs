@@ -1,12 +1,13 @@
 //! `cargo apr chat MODEL`: multi-turn chat on stdin; reuses the KV cache for
 //! the part of the conversation that is unchanged.
 
+use std::io::{BufRead, IsTerminal, Write};
+
 use anyhow::Context;
 use apr_engine::generate::{generate_observed, GenerateOptions};
 use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::Pipeline;
 use apr_engine::tokenizer::chat::ChatMessage;
-use std::io::{BufRead, IsTerminal, Write};
 
 use super::common_args::{opened, ModelArg, SamplingArgs};
 use super::stream::TextStream;
