@@ -207,6 +207,27 @@ fn every_command_refuses_every_hostile_file_without_panic_or_hang() {
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
+/// The control: the same commands pass an unedited copy written the same way,
+/// so each failure above comes from its edit, not from the harness or the writer.
+#[test]
+fn every_command_passes_an_unedited_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unedited.gguf");
+    edited(&file, |_| {});
+    let mut failures = Vec::new();
+    for command in ALL {
+        let mut process = Command::cargo_bin("cargo-apr").unwrap();
+        process.arg("apr").args(args(command, &file, dir.path())).write_stdin("Hi\n").timeout(TIME_LIMIT);
+        let output = process.output().unwrap();
+        if output.status.code() != Some(0) {
+            let said =
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            failures.push(format!("{command:?}: {:?}: {said}", output.status.code()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn empty_prompts_are_errors_not_panics() {
     let model = SMOLLM2.require().display().to_string();
