@@ -183,6 +183,12 @@ fn every_json_report_names_its_schema() {
             .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&output.stdout)));
         assert_eq!(report["schema"], format!("apr.{command}.v1"), "{args:?}");
     }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.apr");
+    let (json, _) = outputs(apr().args(["convert", &m, out.to_str().unwrap(), "--json"]), 0);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["schema"], "apr.convert.v1", "{report}");
+    assert_eq!(report["tensors"], 272, "{report}");
     let trace_diff = apr().args(["trace-diff", &m, &m, "-p", "Hi", "-n", "2", "--json"]).output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&trace_diff.stdout).unwrap();
     assert!(report["schema"].as_str().is_some_and(|s| s.starts_with("apr.trace-diff")), "{report:.200}");

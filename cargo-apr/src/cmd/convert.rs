@@ -49,6 +49,9 @@ pub struct Args {
     /// Overwrite OUT if it exists.
     #[arg(long)]
     force: bool,
+    /// Print what was written as one JSON object (the notes stay on stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
@@ -81,6 +84,17 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         eprintln!("note: {note}");
     }
     let seconds = started.elapsed().as_secs_f64();
+    let peak_rss = apr_engine::bench::peak_rss_bytes();
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["schema"] = serde_json::json!("apr.convert.v1");
+        value["input"] = serde_json::json!(args.input.display().to_string());
+        value["output"] = serde_json::json!(args.output.display().to_string());
+        value["seconds"] = serde_json::json!(seconds);
+        value["peak_rss_bytes"] = serde_json::json!(peak_rss);
+        println!("{}", serde_json::to_string(&value)?);
+        return Ok(crate::exit::PASS);
+    }
     println!(
         "wrote {} ({}): {} tensors, {} carried byte for byte, {} converted, {} Q/K reordered, in {seconds:.1} s",
         args.output.display(),
@@ -92,7 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     );
     // Peak RSS counts the input's mapped pages that were read; it stays near
     // the file size because tensors are streamed one at a time.
-    let peak = apr_engine::bench::peak_rss_bytes().map_or("unknown".into(), human_bytes);
+    let peak = peak_rss.map_or("unknown".into(), human_bytes);
     println!(
         "throughput {}/s of input, peak RSS {peak} (input {})",
         human_bytes((input.file_size() as f64 / seconds.max(1e-9)) as u64),
