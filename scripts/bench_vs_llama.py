@@ -57,12 +57,11 @@ def apr_bench(model, threads, reps, prompt_sizes, gen):
     result = {"rss": 0}
     for i, pp in enumerate(prompt_sizes):
         cmd = [exe, "bench", model, "--threads", str(threads), "--reps", str(reps),
-               "--prompt-tokens", str(pp), "--gen-tokens", str(gen if i == 0 else 1), "--json"]
+               "--prompt-tokens", str(pp), "--gen-tokens", str(gen if i == 0 else 0), "--json"]
         out, rss = run_measured(cmd)
         r = json.loads(out)
-        result[f"pp{pp}"] = (r["prompt_tok_s"], r["prompt_tok_s_std"])
-        if i == 0:
-            result[f"tg{gen}"] = (r["decode_tok_s"], r["decode_tok_s_std"])
+        for row in r["results"]:
+            result[row["test"]] = (row["tok_s"], row["tok_s_std"])
         result["rss"] = max(result["rss"], r.get("peak_rss_bytes") or rss)
     return result
 

@@ -155,10 +155,23 @@ fn bench_reports_prefill_and_decode_rates_as_json() {
     let args = ["bench", &model(), "--prompt-tokens", "16", "--gen-tokens", "4", "--reps", "1", "--json"];
     let (json, _) = outputs(&mut apr(&args), 0);
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
-    for key in ["prompt_tok_s", "decode_tok_s", "prompt_tok_s_std", "decode_tok_s_std"] {
-        assert!(report[key].as_f64().is_some_and(|v| v >= 0.0), "{key} in {report}");
+    assert_eq!(report["schema"], "apr.bench.v1");
+    let rows = report["results"].as_array().unwrap();
+    let tests: Vec<_> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["pp16", "tg4"], "{report}");
+    for row in rows {
+        assert!(row["tok_s"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+        assert!(row["tok_s_std"].as_f64().is_some_and(|v| v >= 0.0), "{row}");
     }
-    assert!(report["prompt_tok_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_runs_each_size_of_a_comma_list_and_prints_each_row() {
+    let (out, _) = outputs(&mut apr(&["bench", &model(), "-p", "8,16", "-n", "2,4", "-r", "1"]), 0);
+    let tests: Vec<_> = out.lines().filter_map(|l| l.split('|').nth(5).map(str::trim)).skip(2).collect();
+    assert_eq!(tests, ["pp8", "pp16", "tg2", "tg4"], "{out}");
+    let (_, err) = outputs(&mut apr(&["bench", &model(), "-p", "0", "-n", "0"]), 2);
+    assert!(err.contains("no test"), "{err}");
 }
 
 /// A package with one pinned golden snapshot and a pending one beside it.
@@ -202,4 +215,37 @@ fn review_shows_rejects_and_accepts_pending_snapshots() {
     outputs(&mut review(&["--accept"]), 0);
     assert!(!new.exists());
     assert_eq!(std::fs::read(&pinned).unwrap(), pending, "accept pins the pending snapshot");
+}
+
+#[test]
+fn bench_prints_a_row_as_soon_as_its_test_finishes() {
+    use std::io::BufRead;
+    let binary = assert_cmd::cargo::cargo_bin("cargo-apr");
+    let mut child = std::process::Command::new(binary)
+        .args(["apr", "bench", &model(), "-p", "8", "-n", "64", "-r", "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let pp_row = stdout.lines().map(Result::unwrap).find(|l| l.contains("pp8"));
+    // The decode test (4 x 64 steps) is still running when the prefill row arrives.
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    child.wait().unwrap();
+    assert!(pp_row.is_some() && still_running, "row {pp_row:?}, still running {still_running}");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let binary = assert_cmd::cargo::cargo_bin("cargo-apr");
+    let mut child = std::process::Command::new(binary)
+        .args(["apr", "inspect", &model(), "--tensors"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away, as `| head` does
+    let output = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.code() != Some(101) && !err.contains("panicked"), "{:?} {err}", output.status);
 }

@@ -1,70 +1,128 @@
-//! `cargo apr bench MODEL`: llama-bench-style prefill (pp) and decode (tg) throughput.
+//! `cargo apr bench MODEL`: llama-bench-style prefill (pp) and decode (tg)
+//! throughput, one row per test printed as soon as it finishes.
 
-use std::path::PathBuf;
+use std::io::Write;
 use std::time::Instant;
 
 use apr_engine::backend::cpu::Cpu;
 use apr_engine::bench::{bench, peak_rss_bytes, BenchOptions};
 use apr_engine::container::ModelFile;
 use apr_engine::model::Model;
+use serde::Serialize;
 use serde_json::json;
 
-use super::{human_bytes, threads};
+use super::common_args::{opened, ModelArg};
+use super::{human_bytes, threads, values, UsageError};
 
 #[derive(clap::Args)]
 pub struct Args {
-    model: PathBuf,
-    #[arg(long, default_value_t = 512)]
-    prompt_tokens: usize,
-    #[arg(long, default_value_t = 128)]
-    gen_tokens: usize,
-    #[arg(long, default_value_t = 5)]
+    #[command(flatten)]
+    model: ModelArg,
+    /// Prompt lengths of the prefill tests, comma-separated (`-p 64,512`); 0 runs none.
+    #[arg(long = "prompt-tokens", short = 'p', value_delimiter = ',', default_value = "512")]
+    prompt_tokens: Vec<usize>,
+    /// Token counts of the decode tests, comma-separated (`-n 16,128`); 0 runs none.
+    #[arg(long = "gen-tokens", short = 'n', value_delimiter = ',', default_value = "128")]
+    gen_tokens: Vec<usize>,
+    /// Timed repetitions of each test (after one untimed warm-up).
+    #[arg(long, short = 'r', default_value_t = 5, value_parser = values::at_least_one)]
     reps: usize,
-    #[arg(long)]
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't', value_parser = values::at_least_one)]
     threads: Option<usize>,
+    /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
 }
 
+/// One test: `pp512` (prefill of 512 tokens) or `tg128` (128 decode steps).
+#[derive(Serialize)]
+struct Row {
+    test: String,
+    tokens: usize,
+    tok_s: f64,
+    tok_s_std: f64,
+}
+
 pub fn run(args: Args) -> anyhow::Result<u8> {
+    let tests = tests(&args)?;
     let threads = threads::configure(args.threads)?;
     let started = Instant::now();
-    let file = ModelFile::open(&args.model)?;
+    let path = args.model.path();
+    let file = opened(path, ModelFile::open(path))?;
     let size = file.file_size();
     let model = Model::load(file, Box::new(Cpu))?;
     let load_s = started.elapsed().as_secs_f64();
-    let options = BenchOptions { prompt_tokens: args.prompt_tokens, gen_tokens: args.gen_tokens, reps: args.reps };
-    let r = bench(&model, options)?;
+    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let table_row = |test: &str, result: &str| {
+        format!(
+            "| {name:<40} | {:>10} | {:>7} | {threads:>7} | {test:>8} | {result:>18} |",
+            human_bytes(size),
+            model.backend_name()
+        )
+    };
+    if !args.json {
+        println!(
+            "| {:<40} | {:>10} | {:>7} | {:>7} | {:>8} | {:>18} |",
+            "model", "size", "backend", "threads", "test", "t/s"
+        );
+        println!("| {:-<40} | {:->10} | {:->7} | {:->7} | {:->8} | {:->18} |", "", "", "", "", "", "");
+    }
+    let mut rows = Vec::new();
+    for (prompt_tokens, gen_tokens) in tests {
+        let row = run_test(&model, prompt_tokens, gen_tokens, args.reps)?;
+        if !args.json {
+            println!("{}", table_row(&row.test, &format!("{:.2} ± {:.2}", row.tok_s, row.tok_s_std)));
+            let _ = std::io::stdout().flush();
+        }
+        rows.push(row);
+    }
     let rss = peak_rss_bytes();
     if args.json {
-        let mut value = serde_json::to_value(&r)?;
-        value["model"] = json!(args.model.display().to_string());
-        value["file_bytes"] = json!(size);
-        value["threads"] = json!(threads);
-        value["backend"] = json!(model.backend_name());
-        value["load_s"] = json!(load_s);
-        value["peak_rss_bytes"] = json!(rss);
-        println!("{}", serde_json::to_string(&value)?);
-        return Ok(crate::exit::PASS);
+        let report = json!({
+            "schema": "apr.bench.v1",
+            "model": path.display().to_string(),
+            "file_bytes": size,
+            "threads": threads,
+            "backend": model.backend_name(),
+            "reps": args.reps,
+            "load_s": load_s,
+            "peak_rss_bytes": rss,
+            "results": rows,
+        });
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("load {load_s:.3} s, peak RSS {}", rss.map_or("unknown".into(), human_bytes));
     }
-    let name = args.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    println!(
-        "| {:<40} | {:>10} | {:>7} | {:>7} | {:>8} | {:>18} |",
-        "model", "size", "backend", "threads", "test", "t/s"
-    );
-    println!("| {:-<40} | {:->10} | {:->7} | {:->7} | {:->8} | {:->18} |", "", "", "", "", "", "");
-    let rows = [
-        (format!("pp{}", r.prompt_tokens), r.prompt_tok_s, r.prompt_tok_s_std),
-        (format!("tg{}", r.gen_tokens), r.decode_tok_s, r.decode_tok_s_std),
-    ];
-    for (test, mean, std) in rows {
-        println!(
-            "| {name:<40} | {:>10} | {:>7} | {threads:>7} | {test:>8} | {:>18} |",
-            human_bytes(size),
-            model.backend_name(),
-            format!("{mean:.2} ± {std:.2}")
-        );
-    }
-    println!("load {load_s:.3} s, peak RSS {}", rss.map_or("unknown".into(), human_bytes));
     Ok(crate::exit::PASS)
+}
+
+/// `(prompt tokens, generated tokens)` of each test, pp tests first, as llama-bench orders them.
+fn tests(args: &Args) -> Result<Vec<(usize, usize)>, UsageError> {
+    let pp = args.prompt_tokens.iter().filter(|&&n| n > 0).map(|&n| (n, 0));
+    let tg = args.gen_tokens.iter().filter(|&&n| n > 0).map(|&n| (0, n));
+    let tests: Vec<_> = pp.chain(tg).collect();
+    if tests.is_empty() {
+        return Err(UsageError("no test to run: --prompt-tokens and --gen-tokens are both 0".into()));
+    }
+    Ok(tests)
+}
+
+fn run_test(model: &Model, prompt_tokens: usize, gen_tokens: usize, reps: usize) -> anyhow::Result<Row> {
+    let r = bench(model, BenchOptions { prompt_tokens, gen_tokens, reps })?;
+    Ok(if prompt_tokens > 0 {
+        Row {
+            test: format!("pp{prompt_tokens}"),
+            tokens: prompt_tokens,
+            tok_s: r.prompt_tok_s,
+            tok_s_std: r.prompt_tok_s_std,
+        }
+    } else {
+        Row {
+            test: format!("tg{gen_tokens}"),
+            tokens: gen_tokens,
+            tok_s: r.decode_tok_s,
+            tok_s_std: r.decode_tok_s_std,
+        }
+    })
 }

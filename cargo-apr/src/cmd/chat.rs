@@ -2,46 +2,58 @@
 //! the part of the conversation that is unchanged.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
 
-use apr_engine::generate::{generate_observed, GenerateOptions, SamplingParams};
+use anyhow::Context;
+use apr_engine::generate::{generate_observed, GenerateOptions};
 use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::Pipeline;
 use apr_engine::tokenizer::chat::ChatMessage;
 
+use super::common_args::{opened, ModelArg, SamplingArgs};
 use super::stream::TextStream;
+use super::threads;
 use super::trace_args::TraceArgs;
+use super::values::{self, Utf8Text};
 
 #[derive(clap::Args)]
 pub struct Args {
-    model: PathBuf,
-    #[arg(long)]
+    #[command(flatten)]
+    model: ModelArg,
+    /// A system message opening the conversation.
+    #[arg(long, value_parser = Utf8Text)]
     system: Option<String>,
-    #[arg(long, default_value_t = 512)]
+    /// Tokens to generate at most per reply.
+    #[arg(long, short = 'n', default_value_t = 512)]
     max_tokens: usize,
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Context positions to allocate.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = values::at_least_one)]
     context: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't', value_parser = values::at_least_one)]
+    threads: Option<usize>,
     #[command(flatten)]
     trace: TraceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let pipeline = Pipeline::open(&args.model)?;
+    let sampling = args.sampling.params()?;
+    args.trace.level()?;
+    threads::configure(args.threads)?;
+    let pipeline = opened(args.model.path(), Pipeline::open(args.model.path()))?;
     let interactive = std::io::stdin().is_terminal();
     let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
-    let mut cache = pipeline.model.new_cache(args.context.min(pipeline.model.config.context_length));
+    let model_context = pipeline.model.config.context_length;
+    if args.context > model_context {
+        eprintln!("note: --context {} capped at the model's context length {model_context}", args.context);
+    }
+    let mut cache = pipeline.model.new_cache(args.context.min(model_context));
     let mut cached_tokens: Vec<u32> = Vec::new();
-    let options = GenerateOptions {
-        max_tokens: args.max_tokens,
-        sampling: SamplingParams { temperature: args.temperature, seed: args.seed, ..Default::default() },
-        logits_top_k: None,
-    };
-    let mut tracer = args.trace.tracer(&pipeline.model);
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, logits_top_k: None };
+    let mut tracer = args.trace.tracer(&pipeline.model)?;
+    // Every traced call of the session, for --trace-output.
+    let mut session_steps = Vec::new();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -57,9 +69,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             continue;
         }
         messages.push(ChatMessage::new("user", line));
-        let prompt = pipeline.tokenizer.encode_with_special(&pipeline.render_chat(&messages)?, true);
+        let rendered = pipeline
+            .render_chat(&messages)
+            .with_context(|| format!("{}: rendering the chat template", args.model.path().display()))?;
+        let prompt = pipeline.tokenizer.encode_with_special(&rendered, true);
         // Keep the cached prefix the new prompt shares; run only the rest.
-        let shared = cached_tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let shared =
+            cached_tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len().saturating_sub(1));
         cache.truncate(shared);
         cached_tokens.truncate(shared);
         let mut stream = TextStream::new(&pipeline.tokenizer);
@@ -93,7 +109,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             t.decode_tok_s
         );
         if let Some(tracer) = tracer.as_mut() {
-            args.trace.print_steps(&pipeline.model, tracer.level(), &tracer.take_steps());
+            let steps = tracer.take_steps();
+            args.trace.print_steps(&pipeline.model, tracer.level(), &steps);
+            session_steps.extend(steps);
         }
         cached_tokens.extend_from_slice(&prompt[shared..]);
         cached_tokens.extend_from_slice(&generation.tokens);
@@ -102,6 +120,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             _ => &generation.tokens[..],
         };
         messages.push(ChatMessage::new("assistant", pipeline.tokenizer.decode(reply_ids)));
+    }
+    if let Some(tracer) = tracer {
+        let roofline = args.trace.roofline(&pipeline.model, &session_steps);
+        let mut trace = tracer.finish(&pipeline.model);
+        trace.steps = session_steps;
+        args.trace.finish_session(trace, roofline.as_ref())?;
     }
     Ok(crate::exit::PASS)
 }

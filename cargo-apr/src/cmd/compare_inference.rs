@@ -11,18 +11,22 @@ use crate::exit;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model A, the reference.
     a: PathBuf,
+    /// Model B, the candidate.
     b: PathBuf,
     #[command(flatten)]
     prompt: PromptArgs,
-    #[arg(long, default_value_t = 32)]
+    /// Tokens each model generates at most.
+    #[arg(long, short = 'n', default_value_t = 32)]
     max_tokens: usize,
+    /// Print the comparison as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let options = args.prompt.options(args.max_tokens);
+    let options = args.prompt.options(args.max_tokens)?;
     let a = Side::open(&args.a)?;
     let b = match Side::open(&args.b) {
         Ok(b) => b,

@@ -5,21 +5,33 @@ use std::path::PathBuf;
 use apr_engine::diff::tensors::{diff_tensors, DiffOptions, TensorDiffReport, Verdict};
 use apr_engine::ModelFile;
 
+use super::common_args::opened;
+
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model A.
     a: PathBuf,
+    /// Model B, compared tensor by tensor against A.
     b: PathBuf,
     /// Only tensors whose canonical name contains this.
     #[arg(long)]
     filter: Option<String>,
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let a = ModelFile::open(&args.a)?;
-    let b = ModelFile::open(&args.b)?;
-    let report = diff_tensors(&a, &b, &DiffOptions { filter: args.filter })?;
+    let a = opened(&args.a, ModelFile::open(&args.a))?;
+    let b = opened(&args.b, ModelFile::open(&args.b))?;
+    let report = diff_tensors(&a, &b, &DiffOptions { filter: args.filter.clone() })?;
+    let s = &report.summary;
+    if let Some(filter) = &args.filter {
+        // A filter that selects nothing would report EQUAL about nothing.
+        if s.compared + s.missing + s.extra == 0 {
+            anyhow::bail!("--filter {filter:?} matches no tensor of {} or {}", args.a.display(), args.b.display());
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,16 +1,15 @@
 //! `cargo apr inspect MODEL [--json] [--tensors]`
 
-use std::path::PathBuf;
-
 use apr_engine::inspect::{inspect, InspectReport};
 use apr_engine::ModelFile;
 
+use super::common_args::{opened, ModelArg};
 use super::human_bytes;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// GGUF, SafeTensors or APR file (or a Hugging Face model directory).
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArg,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -20,7 +19,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let model = ModelFile::open(&args.model)?;
+    let model = opened(args.model.path(), ModelFile::open(args.model.path()))?;
     let report = inspect(&model, args.tensors);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

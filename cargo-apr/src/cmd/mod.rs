@@ -4,6 +4,8 @@
 mod bench;
 mod chat;
 mod check;
+mod color;
+mod common_args;
 mod compare_inference;
 mod convert;
 mod diff_tensors;
@@ -19,6 +21,7 @@ mod threads;
 mod trace_args;
 mod trace_diff;
 mod validate;
+mod values;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -67,6 +70,19 @@ enum Command {
     Validate(validate::Args),
 }
 
+/// A command line that parses but asks for something meaningless (a flag
+/// that would have no effect); `main` prints it and exits 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
@@ -100,5 +116,30 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `(subcommand, argument)` of every argument without help text.
+    fn arguments_without_help() -> Vec<(String, String)> {
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let builtin = ["help", "version"].contains(&arg.get_id().as_str());
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push((sub.get_name().to_string(), arg.get_id().to_string()));
+                }
+            }
+        }
+        missing
+    }
+
+    #[test]
+    fn every_argument_has_help_text() {
+        assert_eq!(arguments_without_help(), Vec::<(String, String)>::new());
     }
 }

@@ -1,7 +1,6 @@
 //! `cargo apr profile MODEL`: per-token decode latency percentiles and
 //! throughput; with `--ci`, assertions printed PASS/FAIL (exit 1 on any FAIL).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use apr_engine::backend::cpu::Cpu;
@@ -10,29 +9,37 @@ use apr_engine::container::ModelFile;
 use apr_engine::model::Model;
 use serde::Serialize;
 
-use super::threads;
+use super::color::status;
+use super::common_args::{opened, ModelArg};
+use super::{threads, values};
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("assertions").multiple(true)))]
 pub struct Args {
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArg,
+    /// Untimed decode steps before measuring.
     #[arg(long, default_value_t = 8)]
     warmup: usize,
-    #[arg(long, default_value_t = 64)]
+    /// Timed decode steps.
+    #[arg(long, default_value_t = 64, value_parser = values::at_least_one)]
     measure: usize,
-    #[arg(long)]
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't', value_parser = values::at_least_one)]
     threads: Option<usize>,
-    /// Check the assertions below and exit 1 if any fails.
-    #[arg(long)]
+    /// Check the --assert-* limits (at least one is needed) and exit 1 if any fails.
+    #[arg(long, requires = "assertions")]
     ci: bool,
-    /// Minimum decode throughput, tokens per second.
-    #[arg(long, value_name = "TOK_S")]
+    /// Minimum decode throughput, tokens per second (needs --ci).
+    #[arg(long, value_name = "TOK_S", group = "assertions", requires = "ci")]
     assert_throughput: Option<f64>,
-    /// Maximum median per-token latency, milliseconds.
-    #[arg(long, value_name = "MS")]
+    /// Maximum median per-token latency, milliseconds (needs --ci).
+    #[arg(long, value_name = "MS", group = "assertions", requires = "ci")]
     assert_p50: Option<f64>,
-    /// Maximum 99th-percentile per-token latency, milliseconds.
-    #[arg(long, value_name = "MS")]
+    /// Maximum 99th-percentile per-token latency, milliseconds (needs --ci).
+    #[arg(long, value_name = "MS", group = "assertions", requires = "ci")]
     assert_p99: Option<f64>,
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -47,6 +54,7 @@ struct Assertion {
 
 #[derive(Serialize)]
 struct ProfileJson {
+    schema: &'static str,
     tokens: usize,
     threads: usize,
     throughput_tok_s: f64,
@@ -61,8 +69,8 @@ struct ProfileJson {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let threads = threads::configure(args.threads)?;
-    let model = Model::load(ModelFile::open(&args.model)?, Box::new(Cpu))?;
-    let latencies = decode_latencies(&model, args.warmup, args.measure.max(1))?;
+    let model = Model::load(opened(args.model.path(), ModelFile::open(args.model.path()))?, Box::new(Cpu))?;
+    let latencies = decode_latencies(&model, args.warmup, args.measure)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let total: Duration = latencies.iter().sum();
     let throughput = latencies.len() as f64 / total.as_secs_f64();
@@ -79,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     }
     let passed = assertions.iter().all(|a| a.passed);
     let report = ProfileJson {
+        schema: "apr.profile.v1",
         tokens: latencies.len(),
         threads,
         throughput_tok_s: throughput,
@@ -101,7 +110,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         if args.ci {
             for a in &report.assertions {
                 let op = if a.name == "throughput" { ">=" } else { "<=" };
-                println!("{} {}: {:.2} {op} {:.2}", if a.passed { "PASS" } else { "FAIL" }, a.name, a.value, a.limit);
+                println!(
+                    "{} {}: {:.2} {op} {:.2}",
+                    status(if a.passed { "PASS" } else { "FAIL" }),
+                    a.name,
+                    a.value,
+                    a.limit
+                );
             }
         }
     }

@@ -1,51 +1,49 @@
 //! `cargo apr run MODEL --prompt P`: generate, streamed or as one JSON object.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use apr_engine::generate::{generate_observed, GenerateOptions, SamplingParams, Timings};
+use anyhow::Context;
+use apr_engine::generate::{generate_observed, GenerateOptions, Timings};
 use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::Pipeline;
 use serde::Serialize;
 
+use super::common_args::{opened, ModelArg, SamplingArgs};
+use super::prompt_args::PromptSource;
 use super::stream::TextStream;
 use super::trace_args::TraceArgs;
+use super::values::{self, Utf8Text};
 use super::{human_bytes, threads};
 
 #[derive(clap::Args)]
 pub struct Args {
-    model: PathBuf,
-    #[arg(long, short)]
-    prompt: String,
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    prompt: PromptSource,
     /// Feed the prompt as is, without the chat template.
     #[arg(long)]
     raw: bool,
     /// A system message for the chat template.
-    #[arg(long)]
+    #[arg(long, value_parser = Utf8Text, conflicts_with = "raw")]
     system: Option<String>,
-    #[arg(long, default_value_t = 128)]
+    /// Tokens to generate at most.
+    #[arg(long, short = 'n', default_value_t = 128)]
     max_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
     /// With --json: the K highest logits at every position.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", requires = "json")]
     logits_top_k: Option<usize>,
     /// Print facts about the model and the run to stderr.
     #[arg(long, short)]
     verbose: bool,
     /// Worker threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, short = 't', value_parser = values::at_least_one)]
     threads: Option<usize>,
     #[command(flatten)]
     trace: TraceArgs,
@@ -53,6 +51,7 @@ pub struct Args {
 
 #[derive(Serialize)]
 struct RunJson {
+    schema: &'static str,
     prompt_tokens: Vec<u32>,
     tokens: Vec<u32>,
     text: String,
@@ -71,24 +70,22 @@ struct JsonTimings {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let started = Instant::now();
+    let sampling = args.sampling.params()?;
+    args.trace.level()?;
+    let prompt_text = args.prompt.read()?;
     let threads = threads::configure(args.threads)?;
-    let pipeline = Pipeline::open(&args.model)?;
-    let prompt = pipeline.prompt_tokens(&args.prompt, args.system.as_deref(), args.raw)?;
-    let options = GenerateOptions {
-        max_tokens: args.max_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
-        logits_top_k: args.logits_top_k,
-    };
-    let context = (prompt.len() + args.max_tokens).min(pipeline.model.config.context_length.max(prompt.len() + 1));
+    let pipeline = opened(args.model.path(), Pipeline::open(args.model.path()))?;
+    let prompt = pipeline
+        .prompt_tokens(&prompt_text, args.system.as_deref(), args.raw)
+        .with_context(|| format!("{}: preparing the prompt", args.model.path().display()))?;
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, logits_top_k: args.logits_top_k };
+    // Saturating: `-n 18446744073709551615` means "until the context is full", not an overflow.
+    let context =
+        prompt.len().saturating_add(args.max_tokens).min(pipeline.model.config.context_length.max(prompt.len() + 1));
     let mut cache = pipeline.model.new_cache(context);
     let mut stream = TextStream::new(&pipeline.tokenizer);
     let stdout = std::io::stdout();
-    let mut tracer = args.trace.tracer(&pipeline.model);
+    let mut tracer = args.trace.tracer(&pipeline.model)?;
     let observer: &mut dyn Observer = match tracer.as_mut() {
         Some(t) => t,
         None => &mut NoObserver,
@@ -105,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let text = pipeline.tokenizer.decode(strip_eog(&pipeline, &generation.tokens));
     if args.json {
         let json = RunJson {
+            schema: "apr.run.v1",
             prompt_tokens: prompt.clone(),
             tokens: generation.tokens.clone(),
             text,

@@ -48,6 +48,7 @@ pub struct Args {
     /// Do not fetch missing models (tests naming them fail with the fetch command).
     #[arg(long)]
     no_fetch: bool,
+    /// Path to the Cargo.toml of the package or workspace (default: found from the current folder).
     #[arg(long)]
     manifest_path: Option<PathBuf>,
     /// Arguments for `cargo test` itself (test name filters, `--release`, ...).

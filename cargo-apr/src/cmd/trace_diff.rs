@@ -11,11 +11,14 @@ use crate::exit;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The reference model (the one believed right).
     reference: PathBuf,
+    /// The candidate model, compared against the reference.
     candidate: PathBuf,
     #[command(flatten)]
     prompt: PromptArgs,
-    #[arg(long, default_value_t = 16)]
+    /// Tokens of the reference's greedy output to compare.
+    #[arg(long, short = 'n', default_value_t = 16)]
     max_tokens: usize,
     /// Compare the activations at every boundary of every position (the default;
     /// kept so that scripts which name it go on working).
@@ -34,6 +37,7 @@ pub struct Args {
     /// Backend of the candidate (diff one file on two backends by naming it twice).
     #[arg(long, value_enum, default_value = "cpu")]
     candidate_backend: BackendArg,
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -78,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         tolerance: args.tolerance,
         reference_backend: args.reference_backend.into(),
         candidate_backend: args.candidate_backend.into(),
-        ..args.prompt.options(args.max_tokens)
+        ..args.prompt.options(args.max_tokens)?
     };
     let report = trace_diff_paths(&args.reference, &args.candidate, &options)?;
     if args.json {

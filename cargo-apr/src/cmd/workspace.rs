@@ -77,6 +77,7 @@ pub struct PackageArgs {
     /// Only these packages (default: the workspace's default members).
     #[arg(short = 'p', long = "package")]
     packages: Vec<String>,
+    /// Path to the Cargo.toml of the package or workspace (default: found from the current folder).
     #[arg(long)]
     manifest_path: Option<std::path::PathBuf>,
 }
