@@ -411,7 +411,9 @@ def kld_summary(model_path, text_path, n_ctx, out):
     position its argmax, the top-2 log-probs and the target token's log-prob, so
     a test can hold the decoded uint16 file against them."""
     engine = Engine(model_path, n_ctx=n_ctx, n_batch=n_ctx)
-    tokens = engine.tokenize(Path(text_path).read_text(encoding="utf-8"), True, False)
+    text = Path(text_path).read_text(encoding="utf-8")
+    # llama.cpp's -f drops one trailing newline from the file
+    tokens = engine.tokenize(text[:-1] if text.endswith("\n") else text, True, False)
     n_chunk, first = len(tokens) // n_ctx, n_ctx // 2
     positions = []
     for chunk in range(n_chunk):
@@ -444,7 +446,8 @@ def kld_summary(model_path, text_path, n_ctx, out):
             "flash_attn": "disabled",
             "kv_cache_type": "f16",
             "add_bos": bool(L.llama_vocab_get_add_bos(engine.vocab)),
-            "tokenize_call": "llama_tokenize(add_special=true, parse_special=false), as llama-perplexity",
+            "tokenize_call": "llama_tokenize(add_special=true, parse_special=false) of the text less one trailing "
+            "newline, as llama-perplexity -f",
             "layout": "one entry per scored position: chunk c, pos p in the chunk (n_ctx/2 .. n_ctx-2); the row "
             "predicts the token at p+1. Log-probs from float logits (float64 logsumexp).",
         },
