@@ -6,6 +6,7 @@
 //!   the encoder must still write it byte for byte, and the reader must decode
 //!   it to the rows' log-softmax within half a quantization step.
 //! - Damaged copies fail with the field and offset named.
+//! - apr tokenizes the KLD text (`reference/kld/text.txt`) as llama.cpp did.
 //! - On a real file made by `scripts/llama_kld_base.sh smollm2` (ignored by
 //!   default: it needs llama.cpp), the tokens are apr's tokenization of the
 //!   text, every distribution sums to 1, and the decoded values match
@@ -235,22 +236,42 @@ fn real_summary() -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
+/// The KLD text as llama-perplexity reads it with `-f` (one trailing newline
+/// dropped), tokenized by apr as llama-perplexity does: add_special (no BOS for
+/// SmolLM2), no special parsing.
+fn apr_tokens_of_kld_text(tokenizer: &Tokenizer) -> Vec<u32> {
+    let text = std::fs::read_to_string(reference_dir().join("kld/text.txt")).unwrap();
+    tokenizer.encode_with_special(text.strip_suffix('\n').unwrap_or(&text), false)
+}
+
+fn smollm2_tokenizer() -> Tokenizer {
+    Tokenizer::from_metadata(ModelFile::open(SMOLLM2.require()).unwrap().metadata()).unwrap()
+}
+
+/// Without llama.cpp: apr's tokens of the text agree with llama.cpp's recorded
+/// count and with the target token of every scored position.
+#[test]
+fn smollm2_tokenizes_the_kld_text_as_llama_cpp() {
+    let ours = apr_tokens_of_kld_text(&smollm2_tokenizer());
+    let summary = real_summary();
+    assert_eq!(ours.len() as u64, summary["n_tokens"].as_u64().unwrap(), "token count of text.txt");
+    for position in summary["positions"].as_array().unwrap() {
+        let index =
+            (position["chunk"].as_u64().unwrap() as usize) * REAL_CTX + position["pos"].as_u64().unwrap() as usize;
+        assert_eq!(u64::from(ours[index + 1]), position["target"].as_u64().unwrap(), "token {}", index + 1);
+    }
+}
+
 #[test]
 #[ignore = "needs llama.cpp's base file: scripts/build-llama-cpp.sh && scripts/llama_kld_base.sh smollm2"]
 fn smollm2_base_file_is_llama_cpps_distribution_over_apr_tokens() {
     let base = load_real();
     let summary = real_summary();
-    let file = ModelFile::open(SMOLLM2.require()).unwrap();
-    let tokenizer = Tokenizer::from_metadata(file.metadata()).unwrap();
+    let tokenizer = smollm2_tokenizer();
     assert_eq!(base.n_vocab(), tokenizer.vocab_size());
     assert_eq!(base.n_ctx(), REAL_CTX);
     assert_eq!(base.n_chunk() as u64, summary["n_chunk"].as_u64().unwrap());
-
-    // llama-perplexity's -f drops one trailing newline; it tokenizes with
-    // add_special (no BOS for SmolLM2) and no special parsing.
-    let text = std::fs::read_to_string(reference_dir().join("kld/text.txt")).unwrap();
-    let ours = tokenizer.encode_with_special(text.strip_suffix('\n').unwrap_or(&text), false);
-    assert_eq!(ours.len() as u64, summary["n_tokens"].as_u64().unwrap(), "token count of text.txt");
+    let ours = apr_tokens_of_kld_text(&tokenizer);
     assert_eq!(base.tokens(), &ours[..base.tokens().len()], "llama.cpp's tokens are apr's");
 
     let reference = summary["positions"].as_array().unwrap();
