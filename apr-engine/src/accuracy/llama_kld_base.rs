@@ -152,6 +152,7 @@ fn explain_short_header(error: ParseError, file_len: usize) -> ParseError {
 }
 
 fn read_tokens(cursor: &mut Cursor, n_ctx: usize, n_vocab: usize, n_chunk: usize) -> Result<Vec<u32>, ParseError> {
+    // Both factors are below 2^31, so neither product overflows a u64.
     let count = n_ctx as u64 * n_chunk as u64;
     let bytes = cursor.take(byte_len(count * 4, "tokens", cursor.pos())?, "tokens")?;
     // The bytes are in the file, so this allocation is bounded by its size.
@@ -190,7 +191,9 @@ fn check_records(bytes: &[u8], start: usize, n_ctx: usize, n_vocab: usize, n_chu
     let count = n_chunk as u64 * per_chunk;
     let remaining = (bytes.len() - start) as u64;
     let start = start as u64;
-    let needed = count * record_bytes;
+    let needed = count.checked_mul(record_bytes).ok_or_else(|| {
+        ParseError::new("records", start, format!("{count} records of {record_bytes} bytes overflow a 64-bit size"))
+    })?;
     if remaining < needed {
         let complete = remaining / record_bytes;
         let (chunk, pos) = (complete / per_chunk, n_ctx as u64 / 2 + complete % per_chunk);
