@@ -31,7 +31,7 @@ fi
 # One chunk per batch (-b = -c, so n_seq = 1), CPU, 2 threads, flash attention
 # off (llama.cpp's default is auto, which turns it on), f16 KV cache (default).
 nice "$bin/llama-perplexity" -m "$model" -f "$repo/reference/kld/text.txt" -c "$ctx" -b "$ctx" -ub "$ctx" \
-  -t 2 -tb 2 -ngl 0 -fa off --kl-divergence-base "$base.tmp" > "$base.log" 2>&1 \
+  -t 2 -tb 2 -fa off --kl-divergence-base "$base.tmp" > "$base.log" 2>&1 \
   || { tail -20 "$base.log" >&2; rm -f "$base.tmp"; exit 1; }
 # llama-perplexity exits 0 even when the text is too short for two chunks,
 # leaving a 12-byte file: only a run that reached its final estimate counts.
