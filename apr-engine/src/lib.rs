@@ -1,6 +1,7 @@
 //! apr-engine: model containers, dtypes, tokenizer, model, backends, tracing
 //! and the testing runtime behind `#[model_test]` and `cargo apr`.
 
+pub mod accuracy;
 pub mod backend;
 pub mod bench;
 pub mod container;

@@ -3,10 +3,12 @@
 //! - Every string of `shared/reference/<model>/tokenization.json` encodes to
 //!   llama.cpp's ids (with its special-parsing flag), each id's bytes are
 //!   llama.cpp's piece, and the ids decode back to the text.
-//! - The greedy prompts, rendered through the model's own chat template and
-//!   encoded, are llama.cpp's prompt ids; the generated ids decode to its text.
+//! - The greedy prompts, rendered through the model's own chat template (or
+//!   raw, where the reference says no template was applied) and encoded, are
+//!   llama.cpp's prompt ids; the generated ids decode to its text.
 //! - The end-of-generation set is llama.cpp's.
-//! - SmolLM2 (llama arch, `smollm` pre-tokenizer) round-trips text and renders its template.
+//! - SmolLM2 (llama arch, `smollm` pre-tokenizer) round-trips text and renders its template;
+//!   its tokenization and greedy prompts are checked against llama.cpp like the Qwen ones.
 
 use std::time::Instant;
 
@@ -46,7 +48,7 @@ fn tokenization_matches_llama_cpp(model: ReferenceModel) {
     assert_eq!(tokenizer.vocab_size() as u64, reference["settings"]["n_vocab"].as_u64().unwrap());
     assert_eq!(tokenizer.bos().map(u64::from), reference["settings"]["bos"].as_u64());
     assert_eq!(tokenizer.eos().map(u64::from), reference["settings"]["eos"].as_u64());
-    assert!(!tokenizer.add_bos(), "Qwen2.5 sets add_bos_token false");
+    assert!(!tokenizer.add_bos(), "Qwen2.5 and SmolLM2 set add_bos_token false");
 
     let cases: Vec<&Value> = ["cases", "extra_cases"].iter().flat_map(|k| reference[k].as_array().unwrap()).collect();
     assert!(cases.len() >= 10, "{} cases", cases.len());
@@ -75,8 +77,16 @@ fn greedy_prompts_match_llama_cpp(model: ReferenceModel) {
     assert!(!results.is_empty());
     for case in results {
         let question = case["question"].as_str().unwrap();
-        let messages = [ChatMessage::new("system", "You are a helpful assistant."), ChatMessage::new("user", question)];
-        let prompt = chat::render_with(&template, &messages, true, &tokenizer.chat_special_tokens()).unwrap();
+        let prompt = if case["chat_template_applied"].as_bool().expect("chat_template_applied") {
+            let mut messages = Vec::new();
+            if let Some(system) = case["system"].as_str() {
+                messages.push(ChatMessage::new("system", system));
+            }
+            messages.push(ChatMessage::new("user", question));
+            chat::render_with(&template, &messages, true, &tokenizer.chat_special_tokens()).unwrap()
+        } else {
+            question.to_string() // a raw prompt: tokenized as written
+        };
         assert_eq!(prompt, case["prompt"].as_str().unwrap(), "rendered prompt for {question:?}");
         assert_eq!(
             tokenizer.encode_with_special(&prompt, true),
@@ -152,6 +162,16 @@ fn qwen_0_5b_greedy_prompts_match_llama_cpp() {
 #[test]
 fn qwen_1_5b_greedy_prompts_match_llama_cpp() {
     greedy_prompts_match_llama_cpp(QWEN_1_5B);
+}
+
+#[test]
+fn smollm2_tokenization_matches_llama_cpp() {
+    tokenization_matches_llama_cpp(SMOLLM2);
+}
+
+#[test]
+fn smollm2_greedy_prompts_match_llama_cpp() {
+    greedy_prompts_match_llama_cpp(SMOLLM2);
 }
 
 #[test]
