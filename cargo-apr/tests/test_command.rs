@@ -294,3 +294,53 @@ fn cargo_apr_fetch_names_an_undeclared_model() {
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(stdout.contains("qwen: ") && stdout.contains("(present, sha256 ok)"), "{stdout}");
 }
+
+/// The model tests of a summary.json without their durations, and its counts.
+fn comparable(summary_path: &Path) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+    let mut summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary_path).unwrap()).unwrap();
+    for test in summary["tests"].as_array_mut().unwrap() {
+        test.as_object_mut().unwrap().remove("duration_s");
+    }
+    (summary["tests"].clone(), summary["summary"].clone(), summary["all_tests"].clone())
+}
+
+/// Two shards (each test binary in one of them, chosen with cargo's `--test`)
+/// merged with `--merge` give the matrix, score and JUnit counts of one
+/// unsharded run.
+#[test]
+fn merged_shards_give_the_matrix_of_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("downstream");
+    downstream_crate(&crate_dir);
+    std::fs::write(crate_dir.join("tests/failing.rs"), FAILING).unwrap();
+    std::fs::write(crate_dir.join("tests/plain.rs"), PLAIN).unwrap();
+    let shard = |name: &str| dir.path().join(name);
+
+    let whole = cargo_apr_test(&crate_dir, &shard("whole"), &[]).code(1);
+    cargo_apr_test(&crate_dir, &shard("one"), &["--", "--test", "passing"]).success();
+    cargo_apr_test(&crate_dir, &shard("two"), &["--", "--test", "failing", "--test", "plain"]).code(1);
+    let merged = Command::cargo_bin("cargo-apr")
+        .unwrap()
+        .current_dir(&crate_dir)
+        .args(["apr", "test", "--merge"])
+        .args([shard("one"), shard("two")])
+        .arg("--report-dir")
+        .arg(shard("merged"))
+        .assert()
+        .code(1);
+
+    let (whole_tests, whole_summary, whole_all) = comparable(&shard("whole/summary.json"));
+    let (merged_tests, merged_summary, merged_all) = comparable(&shard("merged/summary.json"));
+    assert_eq!(merged_tests, whole_tests);
+    assert_eq!(merged_summary, whole_summary);
+    assert_eq!(merged_all, whole_all);
+    assert_eq!(whole_all["tests"], 5, "{whole_all}");
+    let score = |out: &assert_cmd::assert::Assert| {
+        let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        stdout.lines().find(|l| l.starts_with("qualification score")).unwrap().to_string()
+    };
+    assert_eq!(score(&merged), score(&whole));
+    let junit = std::fs::read_to_string(shard("merged/junit.xml")).unwrap();
+    assert!(junit.contains(r#"tests="5" skipped="1" failures="2" errors="0""#), "{junit}");
+    assert!(shard("merged/reports/failing.corrupted_candidate_is_caught_cpu.json").is_file());
+}
