@@ -117,6 +117,12 @@ fn merge(args: &Args, workspace: &Workspace) -> anyhow::Result<u8> {
     }
     models.sort_by(|a, b| a.test.cmp(&b.test));
     let out = report_dir(args, workspace);
+    if args.merge.iter().any(|dir| same_dir(dir, &out.root)) {
+        bail!(
+            "--report-dir {} is one of the folders to merge: give the merged report a folder of its own",
+            out.root.display()
+        );
+    }
     out.prepare()?;
     for file in report_files {
         let target = out.model_reports().join(file.file_name().unwrap_or_default());
@@ -125,6 +131,13 @@ fn merge(args: &Args, workspace: &Workspace) -> anyhow::Result<u8> {
     let summary = Summary::of(&models, all_succeeded);
     write_outputs(&out, &junit::merge(junits), &summary, &models, args.format)?;
     Ok(if summary.failed > 0 || !all_succeeded { exit::FAILURE } else { exit::PASS })
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// Whether a shard's harness succeeded, from its `summary.json`.
@@ -216,12 +229,8 @@ impl ReportDir {
                 .is_ok_and(|r| r.name.as_ref().is_some_and(|n| n.as_str() == junit::REPORT_NAME))
         })?;
         self.refuse_foreign(&self.summary(), |text| schema_of(text).is_some_and(|s| s == SUMMARY_SCHEMA))?;
-        for entry in std::fs::read_dir(&reports)?.flatten() {
-            let path = entry.path();
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            if path.extension().is_some_and(|e| e == "json") && schema_of(&text).is_some_and(is_model_test_schema) {
-                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-            }
+        for path in model_report_files(&reports)? {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
         Ok(())
     }
