@@ -468,7 +468,7 @@ fn print_human(reports: &[ReportSummary], s: &Summary, junit: &quick_junit::Repo
         println!(
             "{other_failures} other test(s) or test binaries failed outside the model tests: see the output above"
         );
-    } else if !s.cargo_succeeded {
+    } else if !s.cargo_succeeded && s.failed == 0 {
         println!("cargo failed outside the model tests (a build error?): see its output above");
     }
     println!(
