@@ -1,8 +1,9 @@
 //! `cargo apr test` end to end, as a user runs it: a fresh downstream crate
 //! (path dependency on apr-engine, the 0.5B model declared by path) with
-//! `#[model_test]` suites; the matrix, the JUnit file and the exit code are
-//! checked once with passing tests and once with a failing candidate, under
-//! `cargo test`, and once more with both under `cargo nextest run`.
+//! `#[model_test]` suites; the matrix, the report folder, the JUnit file and
+//! the exit code are checked once with passing tests and once with a failing
+//! candidate and an ordinary failing `#[test]`, under `cargo test`, and once
+//! more under `cargo nextest run`.
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +49,19 @@ use apr_engine::model_test;
 fn corrupted_candidate_is_caught() {}
 "#;
 
+/// Ordinary tests beside the model tests: they count in the JUnit report too.
+const PLAIN: &str = r#"
+#[test]
+fn one_is_one() {
+    assert_eq!(1, 1);
+}
+
+#[test]
+fn two_is_three() {
+    assert_eq!(2, 3, "an ordinary test failing");
+}
+"#;
+
 fn downstream_crate(dir: &Path) {
     let model = apr_engine::testing::models::QWEN_0_5B.require();
     let manifest = format!(
@@ -90,26 +104,38 @@ fn matrix_row<'a>(stdout: &'a str, test: &str) -> &'a str {
     stdout.lines().find(|l| l.contains(test)).unwrap_or_else(|| panic!("no row for {test} in:\n{stdout}"))
 }
 
-fn cargo_apr_test(dir: &Path, reports: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+fn cargo_apr_test(dir: &Path, out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
     Command::cargo_bin("cargo-apr")
         .unwrap()
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", shared_target())
         .args(["apr", "test", "--report-dir"])
-        .arg(reports)
+        .arg(out)
         .args(extra)
         .timeout(std::time::Duration::from_secs(1200))
         .assert()
+}
+
+/// The path the human output names after `label: ` (up to the next `, `).
+fn printed_path(stdout: &str, label: &str) -> PathBuf {
+    let line =
+        stdout.lines().find(|l| l.starts_with("reports: ")).unwrap_or_else(|| panic!("no reports line:\n{stdout}"));
+    let start = line.find(&format!("{label}: ")).unwrap() + label.len() + 2;
+    PathBuf::from(line[start..].split(", ").next().unwrap())
 }
 
 #[test]
 fn cargo_apr_test_prints_the_matrix_and_fails_on_a_bad_candidate() {
     let dir = tempfile::tempdir().unwrap();
     let crate_dir = dir.path().join("downstream");
-    let reports = dir.path().join("apr/reports");
+    let out = dir.path().join("ci-out");
     downstream_crate(&crate_dir);
+    // The user's own files in the report folder: apr must leave them alone.
+    std::fs::create_dir_all(out.join("reports")).unwrap();
+    std::fs::write(out.join("package.json"), r#"{"name": "mine"}"#).unwrap();
+    std::fs::write(out.join("reports/notes.json"), r#"{"mine": true}"#).unwrap();
 
-    let passing = cargo_apr_test(&crate_dir, &reports, &[]).success();
+    let passing = cargo_apr_test(&crate_dir, &out, &[]).success();
     let stdout = String::from_utf8_lossy(&passing.get_output().stdout).into_owned();
     let row = matrix_row(&stdout, "passing::apr_matches_gguf_cpu");
     for column in ["format_equivalence", "gguf -> apr", "cpu", "PASS", "max|dlogit| 0.00e0"] {
@@ -119,23 +145,91 @@ fn cargo_apr_test_prints_the_matrix_and_fails_on_a_bad_candidate() {
     assert!(skipped.contains("SKIP") && skipped.contains("no CUDA backend"), "{skipped}");
     assert!(stdout.contains("qualification score: 100.0% (1 passed / 1 run; skipped tests are excluded)"), "{stdout}");
     assert!(stdout.contains("1 passed, 0 failed, 1 skipped"), "{stdout}");
-    let junit = std::fs::read_to_string(dir.path().join("apr/junit.xml")).unwrap();
-    assert!(junit.contains(r#"tests="2" failures="0" skipped="1""#), "{junit}");
+    // Everything lands where asked, and the printed paths exist.
+    assert_eq!(printed_path(&stdout, "reports"), out.join("reports"));
+    assert_eq!(printed_path(&stdout, "junit"), out.join("junit.xml"));
+    assert!(out.join("reports/passing.apr_matches_gguf_cpu.json").is_file());
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(junit.contains(r#"tests="2" skipped="1" failures="0" errors="0""#), "{junit}");
+    assert!(!dir.path().join("junit.xml").exists() && !dir.path().join("summary.json").exists());
 
     std::fs::write(crate_dir.join("tests/failing.rs"), FAILING).unwrap();
-    let failing = cargo_apr_test(&crate_dir, &reports, &["--format", "junit"]).code(1);
+    std::fs::write(crate_dir.join("tests/plain.rs"), PLAIN).unwrap();
+    let failing = cargo_apr_test(&crate_dir, &out, &["--format", "junit"]).code(1);
     let xml = String::from_utf8_lossy(&failing.get_output().stdout).into_owned();
     assert!(xml.starts_with("<?xml"), "stdout holds only the JUnit document: {xml}");
-    assert!(xml.contains(r#"tests="3" failures="1" skipped="1""#), "{xml}");
+    // Every test that ran: 3 model tests (one failed, one skipped) and 2 ordinary ones (one failed).
+    assert!(xml.contains(r#"tests="5" skipped="1" failures="2" errors="0""#), "{xml}");
     assert!(xml.contains(r#"name="corrupted_candidate_is_caught_cpu""#), "{xml}");
-    assert!(xml.contains("<failure message=\"failed: expect identical\"/>"), "{xml}");
+    assert!(xml.contains(r#"<failure message="failed: expect identical""#), "{xml}");
+    assert!(xml.contains(r#"<testcase name="two_is_three" classname="plain">"#), "{xml}");
+    assert!(xml.contains("an ordinary test failing"), "the failure's output is in the report: {xml}");
+    assert!(xml.contains("verdict: Diverged"), "the model test's rendered report too: {xml}");
+    assert_eq!(std::fs::read_to_string(out.join("junit.xml")).unwrap(), xml);
     // The test's own output (on stderr here) carries the rendered trace-diff table and verdict.
     let stderr = String::from_utf8_lossy(&failing.get_output().stderr).into_owned();
     assert!(stderr.contains("first divergence: position"), "{stderr}");
-    assert!(stderr.contains("verdict: Diverged"), "{stderr}");
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("apr/summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["schema"], "apr.test.v1");
     assert_eq!(summary["summary"]["qualification"], 0.5);
+    assert_eq!(summary["all_tests"]["failures"], 2);
+    assert_eq!(std::fs::read_to_string(out.join("package.json")).unwrap(), r#"{"name": "mine"}"#);
+    assert_eq!(std::fs::read_to_string(out.join("reports/notes.json")).unwrap(), r#"{"mine": true}"#);
+}
+
+#[test]
+fn cargo_apr_test_refuses_to_replace_a_junit_file_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    downstream_crate(&dir.path().join("downstream"));
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    std::fs::write(dir.path().join("out/junit.xml"), "<testsuites name=\"mine\"/>").unwrap();
+    let run = cargo_apr_test(&dir.path().join("downstream"), &dir.path().join("out"), &["--no-fetch"]).code(1);
+    let stderr = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
+    assert!(stderr.contains("junit.xml exists and was not written by `cargo apr test`"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("out/junit.xml")).unwrap(), "<testsuites name=\"mine\"/>");
+}
+
+/// A `cargo` that records its arguments in `args.txt` beside it and
+/// succeeds; `cargo metadata` goes to the real one.
+fn recording_cargo(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let real = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let script = dir.join("cargo");
+    let body = format!(
+        "#!/bin/sh\nif [ \"$1\" = metadata ]; then exec '{real}' \"$@\"; fi\nprintf '%s\\n' \"$@\" > '{}'\n",
+        dir.join("args.txt").display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn cargo_apr_test_builds_the_engine_optimized_in_the_users_test_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("downstream");
+    downstream_crate(&crate_dir);
+    let cargo = recording_cargo(dir.path());
+    Command::cargo_bin("cargo-apr")
+        .unwrap()
+        .current_dir(&crate_dir)
+        .env("CARGO", &cargo)
+        .args(["apr", "test", "--no-fetch", "--report-dir"])
+        .arg(dir.path().join("out"))
+        .args(["--", "--test", "passing"])
+        .assert()
+        .success();
+    let args: Vec<String> =
+        std::fs::read_to_string(dir.path().join("args.txt")).unwrap().lines().map(String::from).collect();
+    assert_eq!(args[..2], ["test", "--no-fail-fast"], "{args:?}");
+    let overrides: Vec<&str> = args.windows(2).filter(|w| w[0] == "--config").map(|w| w[1].as_str()).collect();
+    for package in ["apr-engine", "half", "rayon", "sha2"] {
+        let wanted = format!("profile.test.package.{package}.opt-level=3");
+        assert!(overrides.contains(&wanted.as_str()), "{wanted} not passed to cargo: {args:?}");
+    }
+    // The user's own arguments still come last.
+    assert_eq!(args[args.len() - 2..], ["--test", "passing"], "{args:?}");
 }
 
 /// `cargo nextest --version` through the cargo that runs these tests; a missing
@@ -156,11 +250,11 @@ fn cargo_apr_test_runs_the_suites_under_nextest() {
     require_nextest();
     let dir = tempfile::tempdir().unwrap();
     let crate_dir = dir.path().join("downstream");
-    let reports = dir.path().join("apr/reports");
+    let out = dir.path().join("apr");
     downstream_crate(&crate_dir);
     std::fs::write(crate_dir.join("tests/failing.rs"), FAILING).unwrap();
 
-    let run = cargo_apr_test(&crate_dir, &reports, &["--nextest"]).code(1);
+    let run = cargo_apr_test(&crate_dir, &out, &["--nextest"]).code(1);
     let stdout = String::from_utf8_lossy(&run.get_output().stdout).into_owned();
     let stderr = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
     // nextest ran the tests (its summary line), one process per test.
@@ -175,8 +269,8 @@ fn cargo_apr_test_runs_the_suites_under_nextest() {
     assert!(matrix_row(&stdout, "passing::apr_matches_gguf_cuda").contains("SKIP"), "{stdout}");
     assert!(stdout.contains("qualification score: 50.0% (1 passed / 2 run; skipped tests are excluded)"), "{stdout}");
     assert!(stdout.contains("1 passed, 1 failed, 1 skipped"), "{stdout}");
-    let junit = std::fs::read_to_string(dir.path().join("apr/junit.xml")).unwrap();
-    assert!(junit.contains(r#"tests="3" failures="1" skipped="1""#), "{junit}");
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(junit.contains(r#"tests="3" skipped="1" failures="1" errors="0""#), "{junit}");
     assert!(junit.contains(r#"name="corrupted_candidate_is_caught_cpu""#), "{junit}");
     // The failing test's own output carries the trace-diff verdict, as under cargo test.
     assert!(stderr.contains("verdict: Diverged"), "{stderr}");
@@ -199,4 +293,54 @@ fn cargo_apr_fetch_names_an_undeclared_model() {
         Command::cargo_bin("cargo-apr").unwrap().current_dir(dir.path()).args(["apr", "fetch"]).assert().success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(stdout.contains("qwen: ") && stdout.contains("(present, sha256 ok)"), "{stdout}");
+}
+
+/// The model tests of a summary.json without their durations, and its counts.
+fn comparable(summary_path: &Path) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+    let mut summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary_path).unwrap()).unwrap();
+    for test in summary["tests"].as_array_mut().unwrap() {
+        test.as_object_mut().unwrap().remove("duration_s");
+    }
+    (summary["tests"].clone(), summary["summary"].clone(), summary["all_tests"].clone())
+}
+
+/// Two shards (each test binary in one of them, chosen with cargo's `--test`)
+/// merged with `--merge` give the matrix, score and JUnit counts of one
+/// unsharded run.
+#[test]
+fn merged_shards_give_the_matrix_of_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("downstream");
+    downstream_crate(&crate_dir);
+    std::fs::write(crate_dir.join("tests/failing.rs"), FAILING).unwrap();
+    std::fs::write(crate_dir.join("tests/plain.rs"), PLAIN).unwrap();
+    let shard = |name: &str| dir.path().join(name);
+
+    let whole = cargo_apr_test(&crate_dir, &shard("whole"), &[]).code(1);
+    cargo_apr_test(&crate_dir, &shard("one"), &["--", "--test", "passing"]).success();
+    cargo_apr_test(&crate_dir, &shard("two"), &["--", "--test", "failing", "--test", "plain"]).code(1);
+    let merged = Command::cargo_bin("cargo-apr")
+        .unwrap()
+        .current_dir(&crate_dir)
+        .args(["apr", "test", "--merge"])
+        .args([shard("one"), shard("two")])
+        .arg("--report-dir")
+        .arg(shard("merged"))
+        .assert()
+        .code(1);
+
+    let (whole_tests, whole_summary, whole_all) = comparable(&shard("whole/summary.json"));
+    let (merged_tests, merged_summary, merged_all) = comparable(&shard("merged/summary.json"));
+    assert_eq!(merged_tests, whole_tests);
+    assert_eq!(merged_summary, whole_summary);
+    assert_eq!(merged_all, whole_all);
+    assert_eq!(whole_all["tests"], 5, "{whole_all}");
+    let score = |out: &assert_cmd::assert::Assert| {
+        let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        stdout.lines().find(|l| l.starts_with("qualification score")).unwrap().to_string()
+    };
+    assert_eq!(score(&merged), score(&whole));
+    let junit = std::fs::read_to_string(shard("merged/junit.xml")).unwrap();
+    assert!(junit.contains(r#"tests="5" skipped="1" failures="2" errors="0""#), "{junit}");
+    assert!(shard("merged/reports/failing.corrupted_candidate_is_caught_cpu.json").is_file());
 }

@@ -1,13 +1,12 @@
 //! Where tests keep their outputs (`target/apr/`), and the conversion cache:
 //! each conversion is done once, keyed by its input's fingerprint and its
 //! options, and shared safely by concurrent test threads and processes
-//! (a lock file created with `create_new`, output written to a temporary
-//! name and renamed into place).
+//! (an exclusive `File::lock` on a lock file beside the output, which the
+//! operating system releases when its holder exits, however it exits; output
+//! written to a temporary name and renamed into place).
 
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -88,60 +87,56 @@ pub fn cache_key(input: &Path, options: &str) -> Result<String> {
     Ok(hex(&hasher.finalize()[..8]))
 }
 
-/// A lock file held while a conversion runs; removed on drop. A lock whose
-/// owner process is gone, or older than an hour, is taken over.
+/// An exclusive lock on a lock file, held while a conversion runs. The file
+/// is removed on release while still locked; a waiter that locked the removed
+/// file sees that the path no longer names it and locks the new one, so two
+/// callers never both hold the lock.
 struct Lock {
+    /// Open (and so locked) until the `Lock` is dropped.
+    _held: File,
     path: PathBuf,
 }
 
-const STALE_AFTER: Duration = Duration::from_secs(3600);
-
 impl Lock {
+    /// Blocks until no other thread or process holds the lock.
     fn acquire(path: &Path) -> Result<Lock> {
         loop {
-            match OpenOptions::new().write(true).create_new(true).open(path) {
-                Ok(mut file) => {
-                    let _ = write!(file, "{}", std::process::id());
-                    return Ok(Lock { path: path.to_path_buf() });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    if Self::is_stale(path) {
-                        let _ = std::fs::remove_file(path);
-                        continue;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => return Err(Error::io(path, e)),
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io(path, e))?;
+            file.lock().map_err(|e| Error::io(path, e))?;
+            if names_file(path, &file) {
+                return Ok(Lock { _held: file, path: path.to_path_buf() });
             }
         }
     }
+}
 
-    fn is_stale(path: &Path) -> bool {
-        let owner_gone = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|pid| pid.trim().parse::<u32>().ok())
-            .is_some_and(|pid| pid != std::process::id() && !process_alive(pid));
-        let old = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > STALE_AFTER);
-        owner_gone || old
+/// Whether `path` still names the open `file` (the same inode).
+#[cfg(unix)]
+fn names_file(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
-/// Whether a process exists (Linux: `/proc/<pid>`; elsewhere assume it does and rely on age).
-fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
-    } else {
-        true
-    }
+/// Elsewhere the lock file is never removed (see `Drop`), so the path always names it.
+#[cfg(not(unix))]
+fn names_file(_path: &Path, _file: &File) -> bool {
+    true
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Removed while still locked; closing the file afterwards releases the lock.
+        if cfg!(unix) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -150,6 +145,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn concurrent_callers_produce_once() {
@@ -204,15 +200,30 @@ mod tests {
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
     }
 
+    /// A lock file left behind (its holder gone, or a live process that never
+    /// locked it: here pid 1) does not block: only a held lock does.
     #[test]
-    fn stale_lock_of_a_dead_process_is_taken_over() {
+    fn a_lock_file_nobody_holds_does_not_block() {
         let dir = tempfile::tempdir().unwrap();
         let lock = dir.path().join("x.lock");
-        // pid 0 is never a user process: /proc/0 does not exist.
-        std::fs::write(&lock, "0").unwrap();
+        std::fs::write(&lock, "1").unwrap();
+        let (done, acquired) = std::sync::mpsc::channel();
+        let path = lock.clone();
+        std::thread::spawn(move || done.send(Lock::acquire(&path).map(drop).is_ok()).unwrap());
+        assert_eq!(acquired.recv_timeout(Duration::from_secs(5)), Ok(true));
+    }
+
+    #[test]
+    fn a_held_lock_blocks_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("x.lock");
         let held = Lock::acquire(&lock).unwrap();
-        assert_eq!(std::fs::read_to_string(&lock).unwrap(), std::process::id().to_string());
+        let (done, acquired) = std::sync::mpsc::channel();
+        let path = lock.clone();
+        std::thread::spawn(move || done.send(Lock::acquire(&path).map(drop).is_ok()).unwrap());
+        assert!(acquired.recv_timeout(Duration::from_millis(300)).is_err(), "acquired while held");
         drop(held);
-        assert!(!lock.exists());
+        assert_eq!(acquired.recv_timeout(Duration::from_secs(5)), Ok(true));
+        assert!(!lock.exists(), "released locks leave no file");
     }
 }

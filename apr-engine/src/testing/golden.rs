@@ -1,7 +1,9 @@
 //! Golden snapshots: the candidate's greedy tokens and top logits, pinned in
 //! a JSON file. A run compares against the pinned file within the declared
 //! logits tolerance; any difference (or a missing file) writes the new
-//! snapshot beside it as `<name>.new.json` for `cargo apr review`.
+//! snapshot beside it as `<name>.new.json` for `cargo apr review`. In CI
+//! (`CI` set, as every CI service sets it) nothing is written: the test
+//! fails, and the snapshot is reviewed where the developer runs it.
 
 use std::path::{Path, PathBuf};
 
@@ -55,25 +57,11 @@ pub fn check(
     let fresh = snapshot(spec, candidate, reference, prompts, max_tokens)?;
     let pending = pending_path(pinned);
     let outcome = |passed: bool, detail: String| GoldenOutcome { path: pinned.to_path_buf(), passed, detail };
-    let write_pending = || -> Result<()> {
-        let json = serde_json::to_vec_pretty(&fresh).map_err(|e| Error::Invalid(e.to_string()))?;
-        if let Some(dir) = pending.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::write(&pending, json).map_err(|e| Error::io(&pending, e))
-    };
     let pinned_text = match std::fs::read_to_string(pinned) {
         Ok(text) => text,
         Err(_) => {
-            write_pending()?;
-            return Ok(outcome(
-                false,
-                format!(
-                    "no golden file at {}; a snapshot was written to {}: run `cargo apr review --accept` to pin it",
-                    pinned.display(),
-                    pending.display()
-                ),
-            ));
+            let left = leave_pending(&pending, &fresh, ci_mode())?;
+            return Ok(outcome(false, format!("no golden file at {}; {left}", pinned.display())));
         }
     };
     let old: Golden = serde_json::from_str(&pinned_text)
@@ -91,14 +79,32 @@ pub fn check(
         let _ = std::fs::remove_file(&pending);
         return Ok(outcome(true, format!("matches within |dlogit| <= {max_abs:e}")));
     }
-    write_pending()?;
-    Ok(outcome(
-        false,
-        format!(
-            "{} (new snapshot in {}; `cargo apr review` shows it, `--accept` pins it)",
-            differences.join("; "),
-            pending.display()
-        ),
+    let left = leave_pending(&pending, &fresh, ci_mode())?;
+    Ok(outcome(false, format!("{}; {left}", differences.join("; "))))
+}
+
+/// Whether this is a CI run: `CI` set to anything but empty, `0` or `false`
+/// (GitHub Actions, GitLab, Buildkite and others set `CI=true`).
+pub fn ci_mode() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+}
+
+/// Writes the fresh snapshot to `pending` for `cargo apr review`, unless in
+/// CI, where no file is left behind; says which, for the failure message.
+fn leave_pending(pending: &Path, fresh: &Golden, ci: bool) -> Result<String> {
+    if ci {
+        return Ok(
+            "CI is set, so no new snapshot was written: run the test locally, then `cargo apr review`".to_string()
+        );
+    }
+    let json = serde_json::to_vec_pretty(fresh).map_err(|e| Error::Invalid(e.to_string()))?;
+    if let Some(dir) = pending.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::write(pending, json).map_err(|e| Error::io(pending, e))?;
+    Ok(format!(
+        "new snapshot in {}: `cargo apr review` shows it, `cargo apr review --accept` pins it",
+        pending.display()
     ))
 }
 
@@ -220,5 +226,17 @@ mod tests {
         let d = differences(&golden(vec![1, 2], 5.0), &golden(vec![1, 3], 5.0), 1e-3);
         assert!(d[0].contains("token 1 was 2 now 3"), "{d:?}");
         assert_eq!(pending_path(Path::new("tests/golden/a.json")), Path::new("tests/golden/a.new.json"));
+    }
+
+    #[test]
+    fn ci_leaves_no_pending_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pending = dir.path().join("golden/a.new.json");
+        let said = leave_pending(&pending, &golden(vec![1], 1.0), true).unwrap();
+        assert!(said.contains("CI is set") && !pending.exists(), "{said}");
+        let said = leave_pending(&pending, &golden(vec![1], 1.0), false).unwrap();
+        assert!(said.contains("a.new.json") && pending.exists(), "{said}");
+        let written: Golden = serde_json::from_slice(&std::fs::read(&pending).unwrap()).unwrap();
+        assert_eq!(written, golden(vec![1], 1.0));
     }
 }

@@ -30,7 +30,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo-apr",
     bin_name = "cargo apr",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("APR_GIT_COMMIT"), ")"),
     about = "Test, inspect, convert and diff LLM model files"
 )]
 pub struct Cli {
