@@ -17,6 +17,9 @@ pub struct Args {
     model: PathBuf,
     #[arg(long)]
     system: Option<String>,
+    /// Let special-token text typed by the user (`<|im_end|>`) become the special token.
+    #[arg(long)]
+    parse_special: bool,
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
     #[arg(long, default_value_t = 0.0)]
@@ -57,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             continue;
         }
         messages.push(ChatMessage::new("user", line));
-        let prompt = pipeline.tokenizer.encode_with_special(&pipeline.render_chat(&messages)?, true);
+        let prompt = pipeline.chat_tokens(&messages, args.parse_special)?;
         // Keep the cached prefix the new prompt shares; run only the rest.
         let shared = cached_tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
         cache.truncate(shared);

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use apr_engine::generate::{generate_observed, GenerateOptions, SamplingParams, Timings};
 use apr_engine::model::{NoObserver, Observer};
-use apr_engine::pipeline::Pipeline;
+use apr_engine::pipeline::{Pipeline, PromptMode};
 use serde::Serialize;
 
 use super::stream::TextStream;
@@ -24,6 +24,9 @@ pub struct Args {
     /// A system message for the chat template.
     #[arg(long)]
     system: Option<String>,
+    /// Let special-token text typed by the user (`<|im_end|>`) become the special token.
+    #[arg(long)]
+    parse_special: bool,
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     /// 0 = greedy.
@@ -73,7 +76,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let started = Instant::now();
     let threads = threads::configure(args.threads)?;
     let pipeline = Pipeline::open(&args.model)?;
-    let prompt = pipeline.prompt_tokens(&args.prompt, args.system.as_deref(), args.raw)?;
+    let mode = PromptMode { raw: args.raw, parse_special: args.parse_special };
+    let prompt = pipeline.prompt_tokens_with(&args.prompt, args.system.as_deref(), mode)?;
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling: SamplingParams {
