@@ -189,9 +189,10 @@ fn check_fits(model: &Model, cache: &KvCache, prompt: usize, max_tokens: usize) 
     let capacity = cache.capacity();
     let needed = start.checked_add(prompt).and_then(|n| n.checked_add(max_tokens.saturating_sub(1)));
     if needed.is_none_or(|needed| needed > capacity) {
-        let room = (capacity + 1).saturating_sub(start + prompt);
+        let room = capacity.saturating_add(1).saturating_sub(start + prompt);
+        let cached = if start > 0 { format!("{start} cached + ") } else { String::new() };
         return Err(Error::Invalid(format!(
-            "{start} cached + {prompt} prompt tokens + max_tokens {max_tokens} do not fit a context of {capacity} \
+            "{cached}{prompt} prompt tokens + max_tokens {max_tokens} do not fit a context of {capacity} \
              positions (the model's context length is {context_length}): at most {room} new tokens fit"
         )));
     }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::container::{Metadata, TensorInfo};
+use crate::container::{MetaValue, Metadata, TensorInfo};
 use crate::error::{Error, Result};
 
 /// Decoder architectures the engine runs.
@@ -96,12 +96,22 @@ fn invalid(key: &str, reason: impl std::fmt::Display) -> Error {
 /// A positive integer that sizes something (a dimension, a count); 0 is refused.
 fn optional_size(meta: &Metadata, key: &str) -> Result<Option<usize>> {
     let Some(value) = meta.get(key) else { return Ok(None) };
-    let number =
-        value.as_u64().ok_or_else(|| invalid(key, format!("expected a non-negative integer, found {value:?}")))?;
+    let number = value
+        .as_u64()
+        .ok_or_else(|| invalid(key, format!("expected a non-negative integer, found {}", describe(value))))?;
     match usize::try_from(number) {
         Ok(0) => Err(invalid(key, "is 0")),
         Ok(n) => Ok(Some(n)),
         Err(_) => Err(invalid(key, format!("{number} does not fit this machine's usize"))),
+    }
+}
+
+/// A value for an error message: scalars as they are, arrays by type and
+/// length (an array may hold millions of elements).
+fn describe(value: &MetaValue) -> String {
+    match value.as_array() {
+        Some(items) => format!("an array of {} elements", items.len()),
+        None => format!("{value:?}"),
     }
 }
 
@@ -111,7 +121,7 @@ fn required_size(meta: &Metadata, key: &str) -> Result<usize> {
 
 fn optional_float(meta: &Metadata, key: &str) -> Result<Option<f64>> {
     let Some(value) = meta.get(key) else { return Ok(None) };
-    value.as_f64().map(Some).ok_or_else(|| invalid(key, format!("expected a number, found {value:?}")))
+    value.as_f64().map(Some).ok_or_else(|| invalid(key, format!("expected a number, found {}", describe(value))))
 }
 
 /// RMSNorm's epsilon. It is added to the mean square of activations whose
@@ -151,7 +161,8 @@ fn vocab_size(meta: &Metadata, tensors: &[TensorInfo]) -> Result<usize> {
     let listed = meta.get(TOKENS).and_then(|v| v.as_array()).map(<[_]>::len);
     let embedding = tensors.iter().find(|t| t.name == "token_embd.weight");
     let Some(embedding) = embedding else {
-        return listed.ok_or_else(|| missing("tokenizer.ggml.tokens (or token_embd.weight)"));
+        let declared = || meta.arch_u64("vocab_size").and_then(|v| usize::try_from(v).ok());
+        return listed.or_else(declared).ok_or_else(|| missing("tokenizer.ggml.tokens (or token_embd.weight)"));
     };
     let rows = embedding.shape.first().copied().unwrap_or(0);
     let rows = usize::try_from(rows).map_err(|_| Error::Invalid(format!("token_embd.weight has {rows} rows")))?;

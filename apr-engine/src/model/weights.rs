@@ -116,7 +116,9 @@ impl ModelWeights {
     }
 
     fn expected_shapes(&self, c: &ModelConfig) -> Vec<(TensorIndex, Vec<u64>)> {
-        let (q, kv) = ((c.heads * c.head_dim) as u64, (c.kv_heads * c.head_dim) as u64);
+        // Saturating: absurd sizes from a hostile file then fail the comparison.
+        let width = |heads: usize| (heads as u64).saturating_mul(c.head_dim as u64);
+        let (q, kv) = (width(c.heads), width(c.kv_heads));
         let (hidden, ffn, vocab) = (c.hidden as u64, c.ffn as u64, c.vocab as u64);
         let mut expected = vec![
             (self.embedding, vec![vocab, hidden]),

@@ -155,7 +155,9 @@ impl SpecialIds {
                 Some(id) => {
                     Err(TokenizerError::malformed(key, format!("id {id} is outside the {n_tokens}-token vocabulary")))
                 }
-                None => Err(TokenizerError::malformed(key, format!("expected a token id, found {value:?}"))),
+                None => {
+                    Err(TokenizerError::malformed(key, format!("expected a token id, found {:?}", value.meta_type())))
+                }
             }
         };
         Ok(SpecialIds {

@@ -88,7 +88,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         },
         logits_top_k: args.logits_top_k,
     };
-    let context = (prompt.len() + args.max_tokens).min(pipeline.model.config.context_length.max(prompt.len() + 1));
+    let context =
+        prompt.len().saturating_add(args.max_tokens).min(pipeline.model.config.context_length.max(prompt.len() + 1));
     let mut cache = pipeline.model.new_cache(context);
     let mut stream = TextStream::new(&pipeline.tokenizer);
     let stdout = std::io::stdout();
