@@ -699,22 +699,10 @@ fn smollm2_float_tensors_metadata_and_qk_rows_round_trip() {
     assert!(report.contains("ok: 63 tensors, vocab 49152, merges 48900, added tokens 17"), "{report}");
 }
 
-/// What the reference implementation (the `safetensors` Python package) says
-/// of a file: "ok" or its error.
-fn reference_verdict(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.safetensors");
-    std::fs::write(&path, bytes).unwrap();
-    let code = "import sys\nfrom safetensors.numpy import load_file\ntry:\n    load_file(sys.argv[1]); print('ok')\nexcept Exception as e:\n    print('refused', e)";
-    let output = Command::new("python3").args(["-c", code]).arg(&path).output().expect("python3 runs");
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
 #[test]
-fn a_gap_between_tensors_is_refused_as_the_reference_refuses_it() {
+fn a_gap_between_tensors_is_refused() {
     let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}"#;
     let bytes = assemble(header, &[0; 20]);
-    assert!(reference_verdict(&bytes).starts_with("refused"), "{}", reference_verdict(&bytes));
     let e = parse_error(&bytes);
     assert_eq!(e.field, r#"header.tensors["b"].data_offsets"#);
     assert_eq!(e.offset, 8 + header.len() as u64 + 12);
@@ -722,13 +710,11 @@ fn a_gap_between_tensors_is_refused_as_the_reference_refuses_it() {
 }
 
 #[test]
-fn trailing_bytes_after_the_last_tensor_are_refused_as_the_reference_refuses_them() {
+fn trailing_bytes_after_the_last_tensor_are_refused() {
     let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[0],"data_offsets":[8,8]}}"#;
     let exact = assemble(header, &[0; 8]);
-    assert_eq!(reference_verdict(&exact), "ok");
     assert_eq!(safetensors::parse(&exact).unwrap().tensors.len(), 2);
     let bytes = assemble(header, &[0; 11]);
-    assert!(reference_verdict(&bytes).starts_with("refused"), "{}", reference_verdict(&bytes));
     let e = parse_error(&bytes);
     assert_eq!((e.field.as_str(), e.offset), ("data section", 8 + header.len() as u64 + 8));
     assert!(e.reason.contains("3 bytes after the last tensor \"a\""), "{e}");
