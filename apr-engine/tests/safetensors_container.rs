@@ -717,7 +717,7 @@ fn trailing_bytes_after_the_last_tensor_are_refused() {
     let bytes = assemble(header, &[0; 11]);
     let e = parse_error(&bytes);
     assert_eq!((e.field.as_str(), e.offset), ("data section", 8 + header.len() as u64 + 8));
-    assert!(e.reason.contains("3 bytes after the last tensor \"a\""), "{e}");
+    assert!(e.reason.contains("3 bytes after the last tensor \"b\""), "{e}");
 }
 
 #[test]
