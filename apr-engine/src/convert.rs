@@ -61,8 +61,13 @@ pub fn format_for_extension(path: &Path) -> Option<FormatKind> {
 /// Converts `input` into `output`.
 pub fn convert(input: &ModelFile, output: &Path, options: ConvertOptions, progress: Progress) -> Result<ConvertReport> {
     let source = ConvertingSource::new(input, options)?;
+    // The writer removes these too; doing it first lets the report say so.
+    let stale = container::remove_stale_temp_files(output)?;
     write_source(options.to, output, &source, WriteOptions { force: options.force }, progress)?;
     let mut report = source.report;
+    report.notes.extend(
+        stale.iter().map(|p| format!("removed {}, left by an earlier conversion that did not finish", p.display())),
+    );
     report.bytes_written = std::fs::metadata(output).map_err(|e| Error::io(output, e))?.len();
     Ok(report)
 }

@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{KvCache, Logits, Model, NoObserver, Observer};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,6 +141,7 @@ pub fn generate_observed(
     mut on_token: impl FnMut(u32),
     observer: &mut dyn Observer,
 ) -> Result<Generation> {
+    check_fits(model, cache, prompt.len(), options.max_tokens)?;
     let mut out = Generation::default();
     let mut sampler = Sampler::new(options.sampling);
     let vocab = model.config.vocab;
@@ -167,6 +168,35 @@ pub fn generate_observed(
     }
     out.timings = timings(prompt.len(), prefill, out.tokens.len().saturating_sub(1), decode_started.elapsed());
     Ok(out)
+}
+
+/// Refuses, before any work, a generation that cannot complete: an empty
+/// prompt (there is nothing to predict from), a prompt longer than the
+/// model's context, or one whose `max_tokens` would run past the cache. The
+/// last sampled token is never fed back, so it needs no position.
+fn check_fits(model: &Model, cache: &KvCache, prompt: usize, max_tokens: usize) -> Result<()> {
+    let context_length = model.config.context_length;
+    if prompt == 0 {
+        return Err(Error::Invalid("the prompt is empty (0 tokens): there is nothing to generate from".into()));
+    }
+    let start = cache.len();
+    if start.saturating_add(prompt) > context_length {
+        let before = if start > 0 { format!(" after {start} tokens already in the context") } else { String::new() };
+        return Err(Error::Invalid(format!(
+            "the prompt has {prompt} tokens{before}, more than the model's context length of {context_length} tokens"
+        )));
+    }
+    let capacity = cache.capacity();
+    let needed = start.checked_add(prompt).and_then(|n| n.checked_add(max_tokens.saturating_sub(1)));
+    if needed.is_none_or(|needed| needed > capacity) {
+        let room = capacity.saturating_add(1).saturating_sub(start + prompt);
+        let cached = if start > 0 { format!("{start} cached + ") } else { String::new() };
+        return Err(Error::Invalid(format!(
+            "{cached}{prompt} prompt tokens + max_tokens {max_tokens} do not fit a context of {capacity} \
+             positions (the model's context length is {context_length}): at most {room} new tokens fit"
+        )));
+    }
+    Ok(())
 }
 
 fn timings(prompt: usize, prefill: Duration, decoded: usize, decode: Duration) -> Timings {

@@ -698,3 +698,46 @@ fn smollm2_float_tensors_metadata_and_qk_rows_round_trip() {
     );
     assert!(report.contains("ok: 63 tensors, vocab 49152, merges 48900, added tokens 17"), "{report}");
 }
+
+#[test]
+fn a_gap_between_tensors_is_refused() {
+    let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}"#;
+    let bytes = assemble(header, &[0; 20]);
+    let e = parse_error(&bytes);
+    assert_eq!(e.field, r#"header.tensors["b"].data_offsets"#);
+    assert_eq!(e.offset, 8 + header.len() as u64 + 12);
+    assert!(e.reason.contains("4 bytes unused") && e.reason.contains("\"a\""), "{e}");
+}
+
+#[test]
+fn trailing_bytes_after_the_last_tensor_are_refused() {
+    let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[0],"data_offsets":[8,8]}}"#;
+    let exact = assemble(header, &[0; 8]);
+    assert_eq!(safetensors::parse(&exact).unwrap().tensors.len(), 2);
+    let bytes = assemble(header, &[0; 11]);
+    let e = parse_error(&bytes);
+    assert_eq!((e.field.as_str(), e.offset), ("data section", 8 + header.len() as u64 + 8));
+    assert!(e.reason.contains("3 bytes after the last tensor \"b\""), "{e}");
+}
+
+#[test]
+fn a_sharded_checkpoint_is_refused_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        std::fs::write(dir.path().join(shard), assemble(header, &[0; 8])).unwrap();
+    }
+    let index = json!({"metadata": {"total_size": 16}, "weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}});
+    let index_path = dir.path().join("model.safetensors.index.json");
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    for path in [dir.path(), index_path.as_path()] {
+        let error = ModelFile::open(path).err().expect("a sharded checkpoint opened");
+        assert!(matches!(error, Error::Unsupported(_)), "{error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("sharded checkpoint (2 shards)") && message.contains("model.safetensors"),
+            "{message}"
+        );
+    }
+}

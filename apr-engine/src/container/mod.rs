@@ -24,7 +24,9 @@ use crate::dtype::DType;
 use crate::error::{Error, ParseError, Result};
 pub use metadata::{MetaType, MetaValue, Metadata};
 pub use source::{FileSource, MemorySource};
-pub use write::{write_atomically, WriteOptions};
+pub use write::{
+    remove_stale_temp_files, remove_unfinished_outputs, write_atomically, write_model_atomically, WriteOptions,
+};
 
 /// Called with the byte count of each tensor as a writer finishes it.
 pub type Progress<'a> = &'a mut dyn FnMut(u64);
@@ -66,6 +68,20 @@ pub fn detect_format(head: &[u8]) -> Option<FormatKind> {
         // SafeTensors: u64 header length, then a JSON object.
         [_, _, _, _, _, _, _, _, b'{', ..] => Some(FormatKind::SafeTensors),
         _ => None,
+    }
+}
+
+/// Parses a whole file's bytes with the parser its magic calls for.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed, ParseError> {
+    match detect_format(bytes) {
+        Some(FormatKind::Gguf) => gguf::parse(bytes),
+        Some(FormatKind::Apr) => apr::parse(bytes),
+        Some(FormatKind::SafeTensors) => safetensors::parse(bytes),
+        None => Err(ParseError::new(
+            "magic",
+            0,
+            format!("not a GGUF, APR or SafeTensors file (first bytes {:02x?})", &bytes[..bytes.len().min(8)]),
+        )),
     }
 }
 
@@ -147,22 +163,13 @@ impl ModelFile {
     /// directory holding `model.safetensors`, detecting the format by magic.
     pub fn open(path: impl AsRef<Path>) -> Result<ModelFile> {
         let path = path.as_ref();
+        refuse_sharded(path)?;
         let file_path = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
         let file = std::fs::File::open(&file_path).map_err(|e| Error::io(&file_path, e))?;
         // SAFETY: the map is read-only; a file changed underneath us by another
         // process is outside what any reader can defend against.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&file_path, e))?;
-        let parsed = match detect_format(&map) {
-            Some(FormatKind::Gguf) => gguf::parse(&map),
-            Some(FormatKind::Apr) => apr::parse(&map),
-            Some(FormatKind::SafeTensors) => safetensors::parse(&map),
-            None => Err(ParseError::new(
-                "magic",
-                0,
-                format!("not a GGUF, APR or SafeTensors file (first bytes {:02x?})", &map[..map.len().min(8)]),
-            )),
-        }
-        .map_err(|e| e.in_file(&file_path))?;
+        let parsed = parse_bytes(&map).map_err(|e| e.in_file(&file_path))?;
         let mut model = ModelFile { path: file_path, parsed, map };
         if model.parsed.format == Format::SafeTensors {
             safetensors::hf::read_companions(&mut model)?;
@@ -202,6 +209,32 @@ impl ModelFile {
     pub fn views(&self) -> impl Iterator<Item = TensorView<'_>> {
         self.parsed.tensors.iter().map(|t| self.view(t))
     }
+}
+
+/// A sharded Hugging Face checkpoint (`model.safetensors.index.json` naming
+/// several `model-0000N-of-0000M.safetensors`) is refused with a message that
+/// says so, instead of a missing-file error or a model missing most of its
+/// tensors: a [`ModelFile`] is one memory-mapped file.
+fn refuse_sharded(path: &Path) -> Result<()> {
+    const INDEX: &str = "model.safetensors.index.json";
+    let index = if path.is_dir() { path.join(INDEX) } else { path.to_path_buf() };
+    let is_index = index.file_name().is_some_and(|n| n == INDEX);
+    if !is_index || !index.is_file() || (path.is_dir() && path.join("model.safetensors").is_file()) {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+    let shards: std::collections::BTreeSet<String> = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| {
+            v.get("weight_map")?.as_object().map(|m| m.values().filter_map(|f| f.as_str()).map(String::from).collect())
+        })
+        .unwrap_or_default();
+    Err(Error::Unsupported(format!(
+        "{}: a sharded checkpoint ({} shards); apr reads one file: merge the shards into model.safetensors first \
+         (for example with the safetensors Python package: load each shard and save_file the union)",
+        index.display(),
+        shards.len()
+    )))
 }
 
 /// A tensor that a writer is asked to store: canonical name, dtype and

@@ -208,6 +208,10 @@ impl Model {
         let c = &self.config;
         let n = tokens.len();
         let start = cache.len();
+        if n == 0 {
+            // There is no last position to produce logits for.
+            return Err(Error::Invalid("forward called with no tokens".into()));
+        }
         if start + n > cache.capacity() {
             return Err(Error::Invalid(format!(
                 "context full: {} + {n} tokens > {} positions",

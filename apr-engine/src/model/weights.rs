@@ -1,6 +1,9 @@
 //! Where each weight of the decoder lives in the opened file. Weights are not
 //! copied: a [`WeightMatrix`] borrows the mapped bytes in their file dtype.
 
+use std::collections::BTreeSet;
+
+use crate::container::names::layer_of;
 use crate::container::{ModelFile, QkRowOrder, TensorInfo};
 use crate::error::{Error, Result};
 use crate::kernels::WeightMatrix;
@@ -87,27 +90,16 @@ impl ModelWeights {
             rope,
         };
         weights.check_shapes(file, config)?;
+        weights.check_dtypes(file)?;
+        weights.check_nothing_left_over(file, config)?;
         Ok(weights)
     }
 
-    /// Every matrix must have the `[out, in]` shape the configuration implies:
-    /// a transposed or mis-sized tensor is an error here, not garbage later.
+    /// Every tensor must have the shape the configuration implies (`[out, in]`
+    /// for a matrix, `[len]` for a norm gain or a bias): a transposed or
+    /// mis-sized tensor is an error here, not garbage later.
     fn check_shapes(&self, file: &ModelFile, c: &ModelConfig) -> Result<()> {
-        let (q, kv) = ((c.heads * c.head_dim) as u64, (c.kv_heads * c.head_dim) as u64);
-        let (hidden, ffn, vocab) = (c.hidden as u64, c.ffn as u64, c.vocab as u64);
-        let mut expected = vec![(self.embedding, [vocab, hidden]), (self.output, [vocab, hidden])];
-        for l in &self.layers {
-            expected.extend([
-                (l.q, [q, hidden]),
-                (l.k, [kv, hidden]),
-                (l.v, [kv, hidden]),
-                (l.o, [hidden, q]),
-                (l.gate, [ffn, hidden]),
-                (l.up, [ffn, hidden]),
-                (l.down, [hidden, ffn]),
-            ]);
-        }
-        for (index, shape) in expected {
+        for (index, shape) in self.expected_shapes(c) {
             let info = &file.tensors()[index];
             if info.shape != shape {
                 let hint = if info.shape.iter().rev().eq(shape.iter()) { " (transposed)" } else { "" };
@@ -121,6 +113,86 @@ impl ModelWeights {
             }
         }
         Ok(())
+    }
+
+    fn expected_shapes(&self, c: &ModelConfig) -> Vec<(TensorIndex, Vec<u64>)> {
+        // Saturating: absurd sizes from a hostile file then fail the comparison.
+        let width = |heads: usize| (heads as u64).saturating_mul(c.head_dim as u64);
+        let (q, kv) = (width(c.heads), width(c.kv_heads));
+        let (hidden, ffn, vocab) = (c.hidden as u64, c.ffn as u64, c.vocab as u64);
+        let mut expected = vec![
+            (self.embedding, vec![vocab, hidden]),
+            (self.output, vec![vocab, hidden]),
+            (self.output_norm, vec![hidden]),
+        ];
+        for l in &self.layers {
+            expected.extend([
+                (l.attn_norm, vec![hidden]),
+                (l.q, vec![q, hidden]),
+                (l.k, vec![kv, hidden]),
+                (l.v, vec![kv, hidden]),
+                (l.o, vec![hidden, q]),
+                (l.ffn_norm, vec![hidden]),
+                (l.gate, vec![ffn, hidden]),
+                (l.up, vec![ffn, hidden]),
+                (l.down, vec![hidden, ffn]),
+            ]);
+            let biases = [(l.q_bias, q), (l.k_bias, kv), (l.v_bias, kv)];
+            expected.extend(biases.into_iter().filter_map(|(index, len)| Some((index?, vec![len]))));
+        }
+        expected
+    }
+
+    /// Weights are real numbers: float or block-quantized dtypes. An integer
+    /// dtype (I8..I64) would be read as whole numbers and give garbage, so it
+    /// is refused. (Every float and block dtype is computed exactly as stored,
+    /// F16 or BF16 norm gains included.)
+    fn check_dtypes(&self, file: &ModelFile) -> Result<()> {
+        let used = self.used_indices();
+        for info in used.iter().map(|&i| &file.tensors()[i]) {
+            if !(info.dtype.is_float() || info.dtype.is_quantized()) {
+                return Err(Error::Unsupported(format!(
+                    "{}: tensor {} is stored as {}, an integer dtype; model weights must be float or block-quantized",
+                    file.path.display(),
+                    info.name,
+                    info.dtype
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tensor of the file must be one the decoder uses. A tensor the
+    /// engine would ignore means the file is not what the configuration says
+    /// (a layer beyond `block_count`, an architecture feature the engine does
+    /// not implement), so loading refuses rather than run a different model.
+    fn check_nothing_left_over(&self, file: &ModelFile, c: &ModelConfig) -> Result<()> {
+        let used = self.used_indices();
+        let Some(extra) = (0..file.tensors().len()).find(|i| !used.contains(i)) else { return Ok(()) };
+        let name = &file.tensors()[extra].name;
+        let reason = match layer_of(name) {
+            Some(layer) if layer >= c.layers => format!(
+                "belongs to layer {layer}, but {}.block_count says the model has {} layers (0..{})",
+                c.architecture,
+                c.layers,
+                c.layers - 1
+            ),
+            _ => format!(
+                "is not a tensor the {} decoder uses; apr refuses files with tensors it would silently ignore",
+                c.architecture
+            ),
+        };
+        Err(Error::Invalid(format!("{}: tensor {name} {reason}", file.path.display())))
+    }
+
+    /// The tensor-table indices of every weight the decoder reads.
+    fn used_indices(&self) -> BTreeSet<TensorIndex> {
+        let mut used: BTreeSet<TensorIndex> = [self.embedding, self.output, self.output_norm].into();
+        for l in &self.layers {
+            used.extend([l.attn_norm, l.q, l.k, l.v, l.o, l.ffn_norm, l.gate, l.up, l.down]);
+            used.extend([l.q_bias, l.k_bias, l.v_bias].into_iter().flatten());
+        }
+        used
     }
 }
 

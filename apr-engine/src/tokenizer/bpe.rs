@@ -8,6 +8,14 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+/// A merge line that is not `"left right"`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("element {index} ({line:?}) is not two symbols separated by a space")]
+pub struct MalformedMerge {
+    pub index: usize,
+    pub line: String,
+}
+
 /// Merge ranks, keyed by the merge line itself (`"left right"`).
 ///
 /// Byte-level symbols never contain a plain space (space is spelt U+0120), so
@@ -18,13 +26,20 @@ pub struct Merges {
 }
 
 impl Merges {
-    /// Ranks from `tokenizer.ggml.merges` in file order; a repeated line keeps its first rank.
-    pub fn new<'a>(lines: impl IntoIterator<Item = &'a str>) -> Merges {
+    /// Ranks from `tokenizer.ggml.merges` in file order; a repeated line keeps
+    /// its first rank. A line must be two symbols separated by a space (after
+    /// its first character, as llama.cpp splits it); one that is not would
+    /// never match and is refused, as llama.cpp refuses it.
+    pub fn new<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Merges, MalformedMerge> {
         let mut rank_of = HashMap::new();
         for (rank, line) in lines.into_iter().enumerate() {
+            let separated = line.char_indices().skip(1).any(|(_, c)| c == ' ') && !line.ends_with(' ');
+            if !separated {
+                return Err(MalformedMerge { index: rank, line: line.to_string() });
+            }
             rank_of.entry(line.to_string()).or_insert(rank as u32);
         }
-        Merges { rank_of }
+        Ok(Merges { rank_of })
     }
 
     pub fn len(&self) -> usize {
@@ -148,7 +163,15 @@ mod tests {
     use super::*;
 
     fn merges(lines: &[&str]) -> Merges {
-        Merges::new(lines.iter().copied())
+        Merges::new(lines.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn a_line_without_a_separating_space_is_refused() {
+        for bad in ["ab", " ab", "ab ", ""] {
+            let err = Merges::new(["a b", bad]).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(err, MalformedMerge { index: 1, line: bad.to_string() });
+        }
     }
 
     #[test]

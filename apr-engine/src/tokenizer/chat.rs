@@ -40,7 +40,26 @@ pub enum ChatError {
     Raised(String),
     #[error("chat template failed to render (line {line}): {detail}")]
     Render { line: usize, detail: String },
+    #[error(
+        "chat template ran past its budget of {budget} steps (a template loops far more than rendering a chat needs)"
+    )]
+    OutOfFuel { budget: u64 },
+    #[error("chat template's output passed its cap of {limit} bytes for {input} bytes of messages")]
+    TooLarge { limit: usize, input: usize },
+    #[error("{0}")]
+    ReservedCharacter(String),
 }
+
+/// Steps (minijinja fuel) a render may take: a fixed allowance plus some per
+/// message. Real templates take a few hundred steps a message; two nested
+/// loops over `range(100000)` take ten billion.
+const FUEL_BASE: u64 = 2_000_000;
+const FUEL_PER_MESSAGE: u64 = 50_000;
+
+/// Bytes a render may write: the messages a few times over (templates repeat
+/// the system prompt, wrap each message in markup) plus room for the markup.
+const OUTPUT_BASE: usize = 256 * 1024;
+const OUTPUT_PER_INPUT_BYTE: usize = 8;
 
 /// Marks errors that come from the template's own `raise_exception`.
 const RAISED: &str = "raise_exception: ";
@@ -58,7 +77,10 @@ pub fn render_with(
     add_generation_prompt: bool,
     special: &SpecialTokenTexts,
 ) -> Result<String, ChatError> {
+    let input: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+    let fuel = FUEL_BASE.saturating_add(FUEL_PER_MESSAGE.saturating_mul(messages.len() as u64));
     let mut env = environment();
+    env.set_fuel(Some(fuel));
     env.add_template("chat", template).map_err(|e| syntax_error(&e))?;
     let compiled = env.get_template("chat").map_err(|e| syntax_error(&e))?;
     let ctx = context! {
@@ -67,7 +89,93 @@ pub fn render_with(
         bos_token => special.bos_token.as_str(),
         eos_token => special.eos_token.as_str(),
     };
-    compiled.render(ctx).map_err(|e| render_error(&e))
+    let limit = OUTPUT_BASE.saturating_add(OUTPUT_PER_INPUT_BYTE.saturating_mul(input));
+    let mut out = CappedOutput { bytes: Vec::new(), limit, overflowed: false };
+    let rendered = compiled.render_captured_to(ctx, &mut out).map(drop);
+    match rendered {
+        Ok(_) => String::from_utf8(out.bytes).map_err(|e| ChatError::Render { line: 0, detail: e.to_string() }),
+        Err(_) if out.overflowed => Err(ChatError::TooLarge { limit, input }),
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(ChatError::OutOfFuel { budget: fuel }),
+        Err(e) => Err(render_error(&e)),
+    }
+}
+
+/// The render's output, refusing to grow past `limit` bytes.
+struct CappedOutput {
+    bytes: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("chat template output cap reached"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Marks text typed by a user inside a message's content so that, after
+/// rendering, the tokenizer can tell it from the template's own markup: the
+/// two Unicode noncharacters never occur in real text.
+pub const LITERAL_OPEN: char = '\u{FDD0}';
+pub const LITERAL_CLOSE: char = '\u{FDD1}';
+
+/// `text` wrapped in the literal markers.
+pub fn mark_literal(text: &str, out: &mut String) {
+    out.push(LITERAL_OPEN);
+    out.push_str(text);
+    out.push(LITERAL_CLOSE);
+}
+
+/// Refuses messages or a template that already hold the markers (they would
+/// be mistaken for ours).
+pub fn check_no_markers(template: &str, messages: &[ChatMessage]) -> Result<(), ChatError> {
+    let has_marker = |s: &str| s.contains([LITERAL_OPEN, LITERAL_CLOSE]);
+    if has_marker(template) {
+        return Err(ChatError::ReservedCharacter(
+            "chat template contains U+FDD0 or U+FDD1, noncharacters apr reserves to mark message text".into(),
+        ));
+    }
+    if let Some(m) = messages.iter().find(|m| has_marker(&m.content)) {
+        return Err(ChatError::ReservedCharacter(format!(
+            "a {} message contains U+FDD0 or U+FDD1, noncharacters apr reserves to mark message text",
+            m.role
+        )));
+    }
+    Ok(())
+}
+
+/// Removes the literal markers from rendered text, returning the text and
+/// the byte ranges (in the returned text) that were marked. A marker the
+/// template cut off (an open without a close) marks to the end, erring on
+/// the side of treating text as the user's.
+pub fn take_literal_ranges(rendered: &str) -> (String, Vec<std::ops::Range<usize>>) {
+    let mut text = String::with_capacity(rendered.len());
+    let mut ranges = Vec::new();
+    let mut open: Option<usize> = None;
+    for c in rendered.chars() {
+        match c {
+            LITERAL_OPEN => open = open.or(Some(text.len())),
+            LITERAL_CLOSE => {
+                if let Some(start) = open.take() {
+                    ranges.push(start..text.len());
+                }
+            }
+            c => text.push(c),
+        }
+    }
+    if let Some(start) = open {
+        ranges.push(start..text.len());
+    }
+    (text, ranges)
 }
 
 fn environment() -> Environment<'static> {
@@ -258,6 +366,31 @@ mod tests {
         let special = SpecialTokenTexts { bos_token: "<s>".into(), eos_token: "</s>".into() };
         let out = render_with("{% if tools %}T{% endif %}{{ bos_token }}x{{ eos_token }}", &[], false, &special);
         assert_eq!(out.unwrap(), "<s>x</s>");
+    }
+
+    #[test]
+    fn nested_huge_loops_run_out_of_fuel() {
+        let template = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let err = one(template).unwrap_err();
+        assert!(matches!(err, ChatError::OutOfFuel { .. }), "{err}");
+    }
+
+    #[test]
+    fn output_past_the_cap_is_refused() {
+        let template = "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}";
+        let err = one(template).unwrap_err();
+        assert!(matches!(err, ChatError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("cap"), "{err}");
+    }
+
+    #[test]
+    fn literal_markers_become_ranges() {
+        let marked = format!("<a>{LITERAL_OPEN}<b>{LITERAL_CLOSE}c{LITERAL_OPEN}d");
+        let (text, ranges) = take_literal_ranges(&marked);
+        assert_eq!(text, "<a><b>cd");
+        assert_eq!(ranges, [3..6, 7..8]);
+        let err = check_no_markers("x", &[ChatMessage::new("user", "a\u{FDD0}")]).unwrap_err();
+        assert!(err.to_string().contains("user message"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod unicode_classes;
 mod vocab;
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 
 use crate::container::Metadata;
 pub use pretokenize::PreTokenizer;
@@ -70,7 +71,8 @@ impl Tokenizer {
         let pre_name = vocab::required_str(meta, vocab::KEY_PRE)?;
         let pre = PreTokenizer::from_name(pre_name).ok_or_else(|| TokenizerError::UnsupportedPre(pre_name.into()))?;
         let texts = vocab::token_texts(meta)?;
-        let merges = bpe::Merges::new(vocab::string_array(meta, vocab::KEY_MERGES)?);
+        let merges = bpe::Merges::new(vocab::string_array(meta, vocab::KEY_MERGES)?)
+            .map_err(|e| TokenizerError::malformed(vocab::KEY_MERGES, e.to_string()))?;
         let mut attrs = vocab::token_attrs(meta, texts.len())?;
         let id_of_text = vocab::ids_by_text(&texts);
         let ids = vocab::SpecialIds::read(meta, texts.len())?;
@@ -104,9 +106,39 @@ impl Tokenizer {
     /// written in the text (`<|im_start|>`) become their ids; user-defined
     /// tokens do either way.
     pub fn encode_with_special(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        self.encode_fragments(text, self.specials.partition(text, parse_special))
+    }
+
+    /// Token ids of rendered chat text: special tokens are parsed, except in
+    /// the byte ranges `literal` (what users typed), where their text stays
+    /// text, as llama.cpp's server tokenizes message content.
+    pub fn encode_outside_literals(&self, text: &str, literal: &[Range<usize>]) -> Vec<u32> {
+        self.encode_fragments(text, self.specials.partition_outside(text, literal))
+    }
+
+    /// `text` with each control-token text in it wrapped in the chat literal
+    /// markers ([`chat::mark_literal`]), so that it survives rendering as text.
+    pub fn mark_special_text(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (range, always) in self.specials.find_all(text) {
+            out.push_str(&text[at..range.start]);
+            // User-defined tokens are tokens with special parsing off too.
+            if always {
+                out.push_str(&text[range.clone()]);
+            } else {
+                chat::mark_literal(&text[range.clone()], &mut out);
+            }
+            at = range.end;
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+
+    fn encode_fragments(&self, text: &str, fragments: Vec<Fragment<'_>>) -> Vec<u32> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 1);
         let mut spelling = String::new();
-        for fragment in self.specials.partition(text, parse_special) {
+        for fragment in fragments {
             match fragment {
                 Fragment::Token(id) => ids.push(id),
                 Fragment::Text(text) => {

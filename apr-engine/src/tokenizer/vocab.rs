@@ -109,14 +109,18 @@ pub fn token_attrs(meta: &Metadata, n_tokens: usize) -> Result<Vec<TokenAttr>, T
     let types = value
         .as_array()
         .ok_or_else(|| TokenizerError::malformed(key, format!("expected an array, found {:?}", value.meta_type())))?;
-    if types.len() < n_tokens {
+    if types.len() != n_tokens {
         return Err(TokenizerError::malformed(key, format!("{} types for {n_tokens} tokens", types.len())));
     }
     types[..n_tokens]
         .iter()
         .enumerate()
         .map(|(id, t)| match t.as_f64() {
-            Some(v) if v.fract() == 0.0 => Ok(TokenAttr::from_token_type(v as i64)),
+            Some(v) if (0.0..=6.0).contains(&v) && v.fract() == 0.0 => Ok(TokenAttr::from_token_type(v as i64)),
+            Some(v) if v.fract() == 0.0 => Err(TokenizerError::malformed(
+                key,
+                format!("element {id} is {v}, not a token type (0 undefined, 1 normal .. 6 byte)"),
+            )),
             _ => Err(TokenizerError::malformed(key, format!("element {id} is {:?}, not an integer", t.meta_type()))),
         })
         .collect()
@@ -151,7 +155,9 @@ impl SpecialIds {
                 Some(id) => {
                     Err(TokenizerError::malformed(key, format!("id {id} is outside the {n_tokens}-token vocabulary")))
                 }
-                None => Err(TokenizerError::malformed(key, format!("expected a token id, found {value:?}"))),
+                None => {
+                    Err(TokenizerError::malformed(key, format!("expected a token id, found {:?}", value.meta_type())))
+                }
             }
         };
         Ok(SpecialIds {

@@ -22,6 +22,9 @@ pub struct Args {
     /// A system message opening the conversation.
     #[arg(long, value_parser = Utf8Text)]
     system: Option<String>,
+    /// Let special-token text typed by the user (`<|im_end|>`) become the special token.
+    #[arg(long)]
+    parse_special: bool,
     /// Tokens to generate at most per reply.
     #[arg(long, short = 'n', default_value_t = 512)]
     max_tokens: usize,
@@ -69,10 +72,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             continue;
         }
         messages.push(ChatMessage::new("user", line));
-        let rendered = pipeline
-            .render_chat(&messages)
+        let prompt = pipeline
+            .chat_tokens(&messages, args.parse_special)
             .with_context(|| format!("{}: rendering the chat template", args.model.path().display()))?;
-        let prompt = pipeline.tokenizer.encode_with_special(&rendered, true);
         // Keep the cached prefix the new prompt shares; run only the rest.
         let shared =
             cached_tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len().saturating_sub(1));

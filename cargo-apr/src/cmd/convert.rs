@@ -72,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         DTypeArg::Q6K => DTypeChoice::To(DType::Q6_K),
     };
     let input = opened(&args.input, ModelFile::open(&args.input))?;
+    remove_output_on_interrupt()?;
     let started = Instant::now();
     let options = ConvertOptions { to, dtype, force: args.force };
     let bar = ProgressBar::new(output_tensor_bytes(&input, options)?);
@@ -113,6 +114,19 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         human_bytes(input.file_size())
     );
     Ok(crate::exit::PASS)
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM while converting: the half-written temporary
+/// file beside OUT is removed, then the process exits as interrupted (130).
+/// (kill -9 cannot be caught; the next write to OUT removes what it left.)
+fn remove_output_on_interrupt() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        for removed in apr_engine::container::remove_unfinished_outputs() {
+            eprintln!("interrupted: removed the unfinished {}", removed.display());
+        }
+        std::process::exit(130);
+    })
+    .context("cannot install the Ctrl-C handler")
 }
 
 /// The bytes of OUT's tensors, which the writer reports as it goes: the

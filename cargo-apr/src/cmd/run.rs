@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use apr_engine::generate::{generate_observed, GenerateOptions, Timings};
 use apr_engine::model::{NoObserver, Observer};
-use apr_engine::pipeline::Pipeline;
+use apr_engine::pipeline::{Pipeline, PromptMode};
 use serde::Serialize;
 
 use super::common_args::{opened, ModelArg, SamplingArgs};
@@ -28,6 +28,9 @@ pub struct Args {
     /// A system message for the chat template.
     #[arg(long, value_parser = Utf8Text, conflicts_with = "raw")]
     system: Option<String>,
+    /// Let special-token text typed by the user (`<|im_end|>`) become the special token.
+    #[arg(long)]
+    parse_special: bool,
     /// Tokens to generate at most.
     #[arg(long, short = 'n', default_value_t = 128)]
     max_tokens: usize,
@@ -76,7 +79,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let threads = threads::configure(args.threads)?;
     let pipeline = opened(args.model.path(), Pipeline::open(args.model.path()))?;
     let prompt = pipeline
-        .prompt_tokens(&prompt_text, args.system.as_deref(), args.raw)
+        .prompt_tokens_with(
+            &prompt_text,
+            args.system.as_deref(),
+            PromptMode { raw: args.raw, parse_special: args.parse_special },
+        )
         .with_context(|| format!("{}: preparing the prompt", args.model.path().display()))?;
     let options = GenerateOptions { max_tokens: args.max_tokens, sampling, logits_top_k: args.logits_top_k };
     // Saturating: `-n 18446744073709551615` means "until the context is full", not an overflow.

@@ -477,7 +477,8 @@ fn check_agreement(typed: &Metadata, from_fields: &Metadata) -> Result<(), Strin
 /// everything else by its JSON form.
 fn same_value(a: &MetaValue, b: &MetaValue) -> bool {
     match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y || (x as f32) == (y as f32),
+        // NaN equals NaN here: both sides saying NaN agree (a float `==` would not).
+        (Some(x), Some(y)) => x == y || (x as f32) == (y as f32) || (x.is_nan() && y.is_nan()),
         _ => matches!((encode(a), encode(b)), (Ok(x), Ok(y)) if x == y),
     }
 }

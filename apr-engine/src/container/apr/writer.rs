@@ -12,16 +12,16 @@ use std::path::Path;
 use super::header::{Flags, Header, HEADER_LEN, VERSION};
 use super::meta::{self, TensorSummary};
 use super::{align_up, ALIGNMENT};
-use crate::container::{names, write_atomically, Progress, TensorSource, WriteOptions};
+use crate::container::{names, write_model_atomically, Progress, TensorSource, WriteOptions};
 use crate::dtype::{element_count, DType};
 use crate::error::{Error, Result};
 
 const MAX_RANK: usize = 8;
 
-/// Writes `source` to `path` as APR v2 (atomically; see [`write_atomically`]).
+/// Writes `source` to `path` as APR v2 (atomically and read back; see [`write_model_atomically`]).
 pub fn write(path: &Path, source: &dyn TensorSource, options: WriteOptions, progress: Progress) -> Result<()> {
     let layout = Layout::plan(source)?;
-    write_atomically(path, options, |out| {
+    write_model_atomically(path, options, |out| {
         let mut out = Checksummed { inner: out, hasher: crc32fast::Hasher::new() };
         let io = |e| Error::io(path, e);
         out.put(&layout.header.to_bytes()).map_err(io)?;

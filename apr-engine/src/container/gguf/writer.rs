@@ -14,7 +14,7 @@ use super::{
     align_up, alignment_of, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, WRITE_VERSION,
 };
 use crate::container::{
-    names, qk_order, write_atomically, MetaValue, Metadata, Progress, QkRowOrder, TensorSource, WriteOptions,
+    names, qk_order, write_model_atomically, MetaValue, Metadata, Progress, QkRowOrder, TensorSource, WriteOptions,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -43,7 +43,7 @@ pub fn write(path: &Path, source: &dyn TensorSource, options: WriteOptions, prog
     };
     let placements = place_tensors(source, alignment)?;
     let header = encode_header(metadata, &placements, alignment)?;
-    write_atomically(path, options, |out| {
+    write_model_atomically(path, options, |out| {
         let io_error = |e| Error::io(path, e);
         out.write_all(&header).map_err(io_error)?;
         for (index, placement) in placements.iter().enumerate() {

@@ -37,13 +37,13 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
             tensors.push(read_tensor(key, raw, at, data_start as u64, data_len)?);
         }
     }
-    tensors.sort_by_key(|t| t.offset);
-    let unindexed = check_layout(&tensors, data_start as u64, data_len)?;
+    // Empty tensors first at a shared offset: they end where they begin.
+    tensors.sort_by_key(|t| (t.offset, t.size));
+    check_layout(&tensors, data_start as u64, data_len)?;
     let facts = vec![
         ("header_bytes".to_string(), header.len().to_string()),
         ("data_offset".to_string(), data_start.to_string()),
         ("data_bytes".to_string(), data_len.to_string()),
-        ("unindexed_data_bytes".to_string(), unindexed.to_string()),
     ];
     Ok(Parsed { format: Format::SafeTensors, metadata, tensors, qk_row_order: QkRowOrder::HuggingFace, facts })
 }
@@ -186,24 +186,40 @@ fn checked_size(dtype: DType, shape: &[u64]) -> Result<u64, String> {
     dtype.byte_size(shape).map_err(|e| e.to_string())
 }
 
-/// Tensors (sorted by offset) must not overlap, and no two may share a
-/// canonical name. Returns the data bytes no tensor covers.
-fn check_layout(tensors: &[TensorInfo], data_start: u64, data_len: u64) -> Result<u64, ParseError> {
+/// Tensors (sorted by offset) must cover the data section exactly, back to
+/// back, as the reference implementation requires: no overlap, no gap between
+/// two tensors, no bytes after the last one. No two may share a canonical name.
+fn check_layout(tensors: &[TensorInfo], data_start: u64, data_len: u64) -> Result<(), ParseError> {
     let mut covered_to = data_start;
     let mut previous: Option<&TensorInfo> = None;
-    let mut covered = 0u64;
-    for tensor in tensors.iter().filter(|t| t.size > 0) {
+    for tensor in tensors {
+        let field = || format!("header.tensors[{:?}].data_offsets", tensor.stored_name);
+        let after = || match previous {
+            Some(p) => format!("tensor {:?}, which ends at offset {covered_to}", p.stored_name),
+            None => format!("the start of the data section (offset {data_start})"),
+        };
         if tensor.offset < covered_to {
-            let other = previous.map(|p| p.stored_name.as_str()).unwrap_or_default();
+            return Err(ParseError::new(field(), tensor.offset, format!("overlaps {}", after())));
+        }
+        if tensor.offset > covered_to {
+            let gap = tensor.offset - covered_to;
             return Err(ParseError::new(
-                format!("header.tensors[{:?}].data_offsets", tensor.stored_name),
+                field(),
                 tensor.offset,
-                format!("overlaps tensor {other:?}, which ends at offset {covered_to}"),
+                format!("leaves {gap} bytes unused after {}", after()),
             ));
         }
         covered_to = tensor.offset + tensor.size;
-        covered += tensor.size;
         previous = Some(tensor);
+    }
+    let data_end = data_start + data_len;
+    if covered_to < data_end {
+        let last = previous.map(|p| format!("the last tensor {:?}", p.stored_name)).unwrap_or("the header".into());
+        return Err(ParseError::new(
+            "data section",
+            covered_to,
+            format!("{} bytes after {last} belong to no tensor", data_end - covered_to),
+        ));
     }
     let mut canonical = HashSet::new();
     for tensor in tensors {
@@ -215,7 +231,7 @@ fn check_layout(tensors: &[TensorInfo], data_start: u64, data_len: u64) -> Resul
             ));
         }
     }
-    Ok(data_len - covered)
+    Ok(())
 }
 
 /// Byte offset of `inner`, a slice of `outer`, within `outer`.

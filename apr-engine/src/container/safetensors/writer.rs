@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::{dtype_name, hf, METADATA_KEY, METADATA_PREFIX};
 use crate::container::{
-    names, qk_order, write_atomically, Progress, QkRowOrder, TensorSource, TensorSpec, WriteOptions,
+    names, qk_order, write_atomically, write_model_atomically, Progress, QkRowOrder, TensorSource, TensorSpec,
+    WriteOptions,
 };
 use crate::error::{Error, Result};
 
@@ -29,7 +30,7 @@ pub fn write(path: &Path, source: &dyn TensorSource, options: WriteOptions, prog
         }
     }
     let header = layout.header(source)?;
-    write_atomically(path, options, |out| {
+    write_model_atomically(path, options, |out| {
         out.write_all(&(header.len() as u64).to_le_bytes()).map_err(|e| Error::io(path, e))?;
         out.write_all(&header).map_err(|e| Error::io(path, e))?;
         for placed in &layout.tensors {
