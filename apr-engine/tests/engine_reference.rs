@@ -24,6 +24,12 @@ use apr_engine::testing::models::{ReferenceModel, QWEN_0_5B, QWEN_1_5B, SMOLLM2}
 use serde_json::Value;
 
 const TOP20_MAX_ABS: f32 = 1.0;
+/// SmolLM2 (135M, Q4_1) amplifies rounding far more: llama.cpp's own top-20
+/// logits move by up to 1.67 on it between flash attention on and off
+/// (reference/README.md), and at apr's worst position (1.69 from llama.cpp)
+/// exact f64 math lies between the two engines, 0.90 from apr and 0.88 from
+/// llama.cpp. The bound is llama.cpp's own spread on this model, rounded up.
+const SMOLLM2_TOP20_MAX_ABS: f32 = 2.0;
 /// Below this margin between llama.cpp's first and second logit, the top-1 may
 /// legitimately flip (llama.cpp's flash-attention path flips 1 of 35 such rows).
 const NEAR_TIE: f32 = 0.5;
@@ -140,18 +146,18 @@ fn llama_cpp_margin(top5: &Value, ours: usize) -> LlamaMargin {
     }
 }
 
-fn logits_match_llama_cpp(model: ReferenceModel) {
+fn logits_match_llama_cpp(model: ReferenceModel, bound: f32) {
     let pipeline = Pipeline::open(model.require()).unwrap();
     let reference = load_json(&model, "logits_top20.json");
     let results = reference["results"].as_array().unwrap();
     assert!(!results.is_empty());
     for case in results {
         println!("{:?} (template applied: {}):", case["question"], case["chat_template_applied"]);
-        logits_case_matches(&pipeline, case);
+        logits_case_matches(&pipeline, case, bound);
     }
 }
 
-fn logits_case_matches(pipeline: &Pipeline, case: &Value) {
+fn logits_case_matches(pipeline: &Pipeline, case: &Value, bound: f32) {
     let question = &case["question"];
     let (prompt, generated) = (ids(&case["prompt_ids"]), ids(&case["generated_ids"]));
     let rows = rows_as_llama_cpp_ran(&pipeline.model, &prompt, &generated);
@@ -189,11 +195,11 @@ fn logits_case_matches(pipeline: &Pipeline, case: &Value) {
             worst = (max_abs, pos);
         }
     }
-    println!("worst top-20 max abs diff {:.3} at position {} (bound {TOP20_MAX_ABS})", worst.0, worst.1);
-    if worst.0 > TOP20_MAX_ABS {
+    println!("worst top-20 max abs diff {:.3} at position {} (bound {bound})", worst.0, worst.1);
+    if worst.0 > bound {
         third_opinion(pipeline, &prompt, &generated, &positions[worst.1]["top20"], &rows[worst.1], worst.1);
     }
-    assert!(worst.0 <= TOP20_MAX_ABS, "{question}: top-20 logits differ by {:.3} at position {}", worst.0, worst.1);
+    assert!(worst.0 <= bound, "{question}: top-20 logits differ by {:.3} at position {}", worst.0, worst.1);
 }
 
 /// Logits rows as llama.cpp ran it: the prompt in one batch, then one token
@@ -239,7 +245,7 @@ fn qwen_0_5b_greedy_matches_llama_cpp() {
 
 #[test]
 fn qwen_0_5b_logits_match_llama_cpp() {
-    logits_match_llama_cpp(QWEN_0_5B);
+    logits_match_llama_cpp(QWEN_0_5B, TOP20_MAX_ABS);
 }
 
 #[test]
@@ -249,7 +255,7 @@ fn qwen_1_5b_greedy_matches_llama_cpp() {
 
 #[test]
 fn qwen_1_5b_logits_match_llama_cpp() {
-    logits_match_llama_cpp(QWEN_1_5B);
+    logits_match_llama_cpp(QWEN_1_5B, TOP20_MAX_ABS);
 }
 
 #[test]
@@ -259,5 +265,5 @@ fn smollm2_greedy_matches_llama_cpp() {
 
 #[test]
 fn smollm2_logits_match_llama_cpp() {
-    logits_match_llama_cpp(SMOLLM2);
+    logits_match_llama_cpp(SMOLLM2, SMOLLM2_TOP20_MAX_ABS);
 }

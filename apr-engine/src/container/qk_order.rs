@@ -33,7 +33,7 @@ pub fn reorder_rows(bytes: &[u8], row_bytes: usize, n_heads: usize, from: QkRowO
 /// its rows, so activations from files of two row orders compare element by
 /// element once one side is brought into the other's order.
 pub fn reorder_activations(values: &[f32], head_dim: usize, from: QkRowOrder, to: QkRowOrder) -> Vec<f32> {
-    let heads = if head_dim == 0 { 0 } else { values.len() / head_dim };
+    let heads = values.len().checked_div(head_dim).unwrap_or(0);
     reorder(values, 1, heads, from, to)
 }
 

@@ -162,7 +162,10 @@ mod tests {
         let s = specials();
         let text = "<|im_start|>user\nx<|im_end|>y<tool_call><|im_end|>";
         // the first <|im_end|> (bytes 18..28) and the <tool_call> are in the literal range
-        assert_eq!(s.partition_outside(text, &[18..39]), [Token(1), Text("user\nx<|im_end|>y"), Token(3), Token(2)]);
+        assert_eq!(
+            s.partition_outside(text, &[Range { start: 18, end: 39 }]),
+            [Token(1), Text("user\nx<|im_end|>y"), Token(3), Token(2)]
+        );
         assert_eq!(s.find_all("a<|im_end|><tool_call>"), [(1..11, false), (11..22, true)]);
     }
 

@@ -332,7 +332,7 @@ fn named_tensor_evidence(r: &ModelFile, c: &ModelFile, names: &[&str]) -> (Optio
 /// half-split halves, what Llama converters apply), or any other order.
 fn row_permutation(r: &ModelFile, c: &ModelFile, vr: &TensorView, vc: &TensorView) -> Option<String> {
     let rows = *vr.shape().first()? as usize;
-    if vr.dtype() != vc.dtype() || vr.shape() != vc.shape() || rows < 2 || vr.bytes.len() % rows != 0 {
+    if vr.dtype() != vc.dtype() || vr.shape() != vc.shape() || rows < 2 || !vr.bytes.len().is_multiple_of(rows) {
         return None;
     }
     let row_bytes = vr.bytes.len() / rows;
