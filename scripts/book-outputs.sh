@@ -16,10 +16,11 @@ root=$PWD
 target=${CARGO_TARGET_DIR:-$root/target}
 if [[ -z "${APR_BIN:-}" ]]; then
     cargo build --release -p cargo-apr >&2 || exit 1
-    cargo build --release -p apr-examples --example corrupt >&2 || exit 1
+    cargo build --release -p apr-examples --example corrupt --example permute_qk >&2 || exit 1
     APR_BIN=$target/release/cargo-apr
 fi
 corrupt=${APR_CORRUPT_BIN:-$target/release/examples/corrupt}
+permute_qk=${APR_PERMUTE_QK_BIN:-$target/release/examples/permute_qk}
 model_dir=${APR_MODEL_DIR:-$HOME/.cache/apr/models}
 model=$model_dir/qwen2.5-coder-0.5b-instruct.gguf
 [[ -f $model ]] || { echo "missing $model: run scripts/fetch-models.sh" >&2; exit 1; }
@@ -100,8 +101,13 @@ wanted diff-same && capture diff-same 20 -- diff-tensors "$M" "$q"
 wanted diff-corrupt && capture diff-corrupt 20 -- diff-tensors "$M" "$scratch/layer5.apr"
 wanted compare-same && capture compare-same 20 -- compare-inference "$M" "$q" --prompt "What is 2+2?" --max-tokens 8
 wanted compare-corrupt && capture compare-corrupt 30 -- compare-inference "$M" "$scratch/layer5.apr" --prompt "What is 2+2?" --max-tokens 8
-wanted trace-same && capture trace-same 30 -- trace-diff "$M" "$q" --prompt "What is 2+2?" --max-tokens 4 --trace-tensors
-wanted trace-corrupt && capture trace-corrupt 40 -- trace-diff "$M" "$scratch/layer5.apr" --prompt "What is 2+2?" --max-tokens 4 --trace-tensors
+wanted trace-same && capture trace-same 30 -- trace-diff "$M" "$q" --prompt "What is 2+2?" --max-tokens 4
+wanted trace-corrupt && capture trace-corrupt 40 -- trace-diff "$M" "$scratch/layer5.apr" --prompt "What is 2+2?" --max-tokens 4
+if wanted trace-qk-order; then
+  smollm2="$(dirname "$M")/smollm2-135m-instruct-q4_1.gguf"
+  "$permute_qk" "$smollm2" "$scratch/qk.apr" >/dev/null
+  capture trace-qk-order 40 -- trace-diff "$smollm2" "$scratch/qk.apr" --prompt "What is the capital of France?" --max-tokens 4
+fi
 wanted trace-backends && capture trace-backends 30 -- trace-diff "$M" "$M" --prompt "What is 2+2?" --max-tokens 2 --candidate-backend cpu-reference
 wanted profile && capture profile 30 -- profile "$M" --warmup 4 --measure 32
 wanted profile-ci && capture profile-ci 30 -- profile "$M" --warmup 4 --measure 16 --ci --assert-throughput 1000
