@@ -8,23 +8,9 @@ use std::path::{Path, PathBuf};
 use apr_engine::container::ModelFile;
 use apr_engine::testing::faults::{write_faulty_copy, Fault};
 use apr_engine::testing::models::QWEN_0_5B;
-use assert_cmd::Command;
 
-fn apr(args: &[&str]) -> Command {
-    let mut command = Command::cargo_bin("cargo-apr").unwrap();
-    command.arg("apr").args(args);
-    command
-}
-
-fn model() -> String {
-    QWEN_0_5B.require().display().to_string()
-}
-
-/// Runs `command`, checks its exit code, returns stdout and stderr.
-fn outputs(command: &mut Command, code: i32) -> (String, String) {
-    let output = command.assert().code(code).get_output().clone();
-    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
-}
+mod common;
+use common::{apr, model, outputs};
 
 fn faulty_copy(dir: &Path, name: &str, faults: &[Fault]) -> PathBuf {
     let path = dir.join(name);

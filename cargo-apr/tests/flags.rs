@@ -9,6 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use apr_engine::testing::models::SMOLLM2;
 use assert_cmd::Command;
 
+mod common;
+use common::outputs;
+
 fn apr() -> Command {
     let mut command = Command::cargo_bin("cargo-apr").unwrap();
     command.arg("apr");
@@ -17,12 +20,6 @@ fn apr() -> Command {
 
 fn smollm2() -> String {
     SMOLLM2.require().display().to_string()
-}
-
-/// Runs `command`, checks its exit code, returns stdout and stderr.
-fn outputs(command: &mut Command, code: i32) -> (String, String) {
-    let output = command.assert().code(code).get_output().clone();
-    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// Greedy tokens of `run --json` with extra arguments.

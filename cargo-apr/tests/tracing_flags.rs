@@ -5,22 +5,14 @@
 use apr_engine::container::{MetaValue, ModelFile};
 use apr_engine::testing::faults::{write_faulty_copy, Fault};
 use apr_engine::testing::models::QWEN_0_5B;
-use assert_cmd::Command;
 use serde_json::Value;
+
+mod common;
+use common::{apr, model};
 
 const PROMPT: &str = "What is 2+2?";
 /// Prompt tokens of PROMPT in the 0.5B's chat template.
 const PROMPT_TOKENS: u64 = 36;
-
-fn apr(args: &[&str]) -> Command {
-    let mut command = Command::cargo_bin("cargo-apr").unwrap();
-    command.arg("apr").args(args);
-    command
-}
-
-fn model() -> String {
-    QWEN_0_5B.require().display().to_string()
-}
 
 /// `run` on the 0.5B generating 3 tokens with `extra` flags; returns stdout and stderr.
 fn run(extra: &[&str]) -> (String, String) {

@@ -517,7 +517,8 @@ fn print_matrix(reports: &[ReportSummary]) {
 mod tests {
     use super::*;
 
-    fn report(test: &str, status: Status) -> ReportSummary {
+    /// A model test's summary (also used by the tests of `junit`).
+    pub(super) fn report(test: &str, status: Status) -> ReportSummary {
         ReportSummary {
             schema: apr_engine::testing::report::SCHEMA.into(),
             test: test.into(),

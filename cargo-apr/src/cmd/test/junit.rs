@@ -180,20 +180,9 @@ mod tests {
     use super::super::libtest::CaseRun;
     use super::*;
 
+    /// A model test's summary, as the parent module's tests build it.
     fn model(test: &str, status: Status) -> ReportSummary {
-        ReportSummary {
-            schema: apr_engine::testing::report::SCHEMA.into(),
-            test: test.into(),
-            kind: "trace_diff".into(),
-            reference: "r".into(),
-            candidate: "c".into(),
-            formats: "gguf -> apr".into(),
-            backend: "cpu".into(),
-            status,
-            reason: (status != Status::Pass).then(|| "why <&>".into()),
-            duration_s: 1.5,
-            key_figure: "Identical".into(),
-        }
+        super::super::tests::report(test, status)
     }
 
     fn case(name: &str, outcome: Outcome, output: Option<&str>) -> CaseRun {
