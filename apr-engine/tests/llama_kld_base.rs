@@ -11,11 +11,19 @@
 //!   default: it needs llama.cpp), the tokens are apr's tokenization of the
 //!   text, every distribution sums to 1, and the decoded values match
 //!   llama.cpp's float logits recorded in `reference/kld/`.
+//! - The measurement (`accuracy::kld`) on SmolLM2: a base file written from
+//!   the exact backend's own logits is at the distance of its rounding only,
+//!   so the records are read at the right positions; apr's fast backend is
+//!   within a measured distance of exact math; a base file of other tokens is
+//!   refused naming the token.
 
 use std::path::{Path, PathBuf};
 
+use apr_engine::accuracy::kld::{self, Chunks};
 use apr_engine::accuracy::llama_kld_base::{self, LlamaKldBase};
+use apr_engine::backend::BackendKind;
 use apr_engine::container::ModelFile;
+use apr_engine::model::{Logits, Model};
 use apr_engine::testing::models::{reference_dir, SMOLLM2};
 use apr_engine::tokenizer::Tokenizer;
 use apr_engine::Error;
@@ -314,4 +322,74 @@ fn check_distribution(base: &LlamaKldBase, index: usize, log_probs: &[f32], expe
         assert!((decoded_target - target).abs() <= half_step, "record {index}: target {decoded_target} vs {target}");
     }
     (sum - 1.0).abs()
+}
+
+// ---------------------------------------------------------------- measurement
+
+const MEASURE_CTX: usize = 32;
+const MEASURE_CHUNKS: usize = 2;
+
+fn smollm2_on(backend: BackendKind) -> Model {
+    Model::load(ModelFile::open(SMOLLM2.require()).unwrap(), backend.create().unwrap()).unwrap()
+}
+
+fn measured_chunks() -> Chunks {
+    let text = std::fs::read_to_string(reference_dir().join("kld/text.txt")).unwrap();
+    Chunks::of_text(&smollm2_tokenizer(), &text, MEASURE_CTX, Some(MEASURE_CHUNKS)).unwrap()
+}
+
+/// What llama-perplexity would write if its logits were `model`'s.
+fn base_file_of(model: &Model, chunks: &Chunks) -> Vec<u8> {
+    let vocab = model.config.vocab;
+    let mut rows = Vec::new();
+    for chunk in chunks.tokens.chunks(chunks.n_ctx) {
+        let logits = model.forward(chunk, &mut model.new_cache(chunk.len()), Logits::All).unwrap();
+        rows.extend(chunks.scored_in_chunk().map(|pos| logits[pos * vocab..(pos + 1) * vocab].to_vec()));
+    }
+    let tokens: Vec<i32> = chunks.tokens.iter().map(|&t| t as i32).collect();
+    encode_file(chunks.n_ctx as i32, vocab, &tokens, &rows)
+}
+
+#[test]
+fn exact_logits_in_llama_cpps_file_are_at_the_distance_of_their_rounding() {
+    let (fast, exact) = (smollm2_on(BackendKind::Cpu), smollm2_on(BackendKind::CpuReference));
+    let chunks = measured_chunks();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_temp(dir.path(), &base_file_of(&exact, &chunks));
+    let base = llama_kld_base::read(&path).unwrap();
+    let mut progress = Vec::new();
+    let report = kld::measure(&fast, &exact, &chunks, Some(&base), |done, all| progress.push((done, all))).unwrap();
+
+    assert_eq!(progress, [(1, 2), (2, 2)]);
+    assert_eq!(report.positions.len(), MEASURE_CHUNKS * (MEASURE_CTX / 2 - 1));
+    let llama = report.llama_cpp.as_ref().unwrap();
+    // u16 codes over 16 nats: half a step is 1.2e-4 nats.
+    assert!(llama.max_abs_dlogprob < 5e-4, "{llama:?}");
+    assert!(llama.mean_kl < 1e-7 && llama.top1_agreement == 1.0, "{llama:?}");
+    assert_eq!(llama.max_abs_dlogit, None, "the file holds no logits");
+
+    // apr's fast kernels (8-bit activations) against exact math: measured at
+    // mean KL 3.2e-3, top-1 93% (28 of 30), max|dlogit| 1.2 on these chunks.
+    let apr = &report.apr;
+    assert!(apr.mean_kl > 0.0 && apr.mean_kl < 1e-2, "{apr:?}");
+    assert!(apr.top1_agreement >= 0.9, "{apr:?}");
+    assert!(apr.max_abs_dlogit.is_some_and(|d| d > 0.0 && d < 2.0), "{apr:?}");
+    for p in &report.positions {
+        assert_eq!(p.target, chunks.tokens[p.chunk * MEASURE_CTX + p.pos + 1]);
+        assert!(p.apr.kl.is_finite() && p.apr.kl >= 0.0, "{p:?}");
+    }
+}
+
+#[test]
+fn a_base_file_of_other_tokens_is_refused_naming_the_token() {
+    let (fast, exact) = (smollm2_on(BackendKind::Cpu), smollm2_on(BackendKind::CpuReference));
+    let chunks = measured_chunks();
+    let mut other = chunks.clone();
+    other.tokens[5] += 1;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_temp(dir.path(), &base_file_of(&exact, &other));
+    let base = llama_kld_base::read(&path).unwrap();
+    let error = kld::measure(&fast, &exact, &chunks, Some(&base), |_, _| {}).unwrap_err().to_string();
+    let expected = format!("token 5 is {} in llama.cpp's file but {}", other.tokens[5], chunks.tokens[5]);
+    assert!(error.contains(&expected) && error.contains(&path.display().to_string()), "{error}");
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use apr_engine::container::ModelFile;
 use apr_engine::testing::faults::{write_faulty_copy, Fault};
-use apr_engine::testing::models::QWEN_0_5B;
+use apr_engine::testing::models::{reference_dir, QWEN_0_5B};
 
 mod common;
 use common::{apr, model, outputs};
@@ -234,4 +234,34 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let output = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.code() != Some(101) && !err.contains("panicked"), "{:?} {err}", output.status);
+}
+
+#[test]
+fn kld_measures_the_distance_to_exact_math_per_position() {
+    let text = reference_dir().join("kld/text.txt").display().to_string();
+    let args = ["kld", &model(), "--text", &text, "--ctx", "16", "--chunks", "1"];
+    let (json, _) = outputs(&mut apr(&[&args[..], &["--json"]].concat()), 0);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((report["schema"].as_str(), report["exact"].as_str()), (Some("apr.kld.v1"), Some("cpu-reference")));
+    let positions = report["positions"].as_array().unwrap();
+    let pos: Vec<u64> = positions.iter().map(|p| p["pos"].as_u64().unwrap()).collect();
+    assert_eq!(pos, (8..15).collect::<Vec<_>>(), "the second half of the chunk but its last token");
+    for p in positions {
+        assert!(p["apr"]["kl"].as_f64().is_some_and(|kl| (0.0..0.1).contains(&kl)), "{p}");
+    }
+    assert!(report["apr"]["top1_agreement"].as_f64().is_some_and(|a| a >= 6.0 / 7.0), "{report}");
+    assert!(report.get("llama_cpp").is_none(), "no llama.cpp figures without its file");
+
+    let (table, _) = outputs(&mut apr(&args), 0);
+    assert!(table.contains("1 chunks of 16 tokens") && table.contains("7 scored positions"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("apr (cpu)")), "{table}");
+}
+
+#[test]
+fn kld_refuses_nothing_to_score() {
+    let text = reference_dir().join("kld/text.txt").display().to_string();
+    let (_, err) = outputs(&mut apr(&["kld", &model(), "--text", &text, "--chunks", "0"]), 2);
+    assert!(err.contains("--chunks 0"), "{err}");
+    let (_, err) = outputs(&mut apr(&["kld", &model(), "--text", &text, "--ctx", "100000"]), 1);
+    assert!(err.contains("too short for one chunk of 100000"), "{err}");
 }

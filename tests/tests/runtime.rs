@@ -116,30 +116,69 @@ fn a_failing_format_equivalence_names_the_layer_and_the_tensor() {
     assert!(failure.contains("blk.3.ffn_down.weight") && failure.contains("blk.7.ffn_down.weight"), "{failure}");
 }
 
-/// The golden cycle: missing -> pending snapshot written and the test fails;
-/// pinned -> passes; a pinned logit moved beyond the tolerance -> fails again.
+/// The golden cycle depends on `CI`, so each half runs in a child process of
+/// this test binary with `CI` set as it needs (a test cannot change its own
+/// environment safely while other tests run).
 #[test]
 fn golden_snapshots_pin_tokens_and_logits() {
+    run_in_child("golden_cycle_outside_ci", None);
+    run_in_child("golden_missing_in_ci_writes_nothing", Some("true"));
+}
+
+/// Outside CI: missing -> pending snapshot written and the test fails;
+/// pinned -> passes; a pinned logit moved beyond the tolerance -> fails again.
+#[test]
+#[ignore = "run by golden_snapshots_pin_tokens_and_logits with CI unset"]
+fn golden_cycle_outside_ci() {
     let dir = tempfile::tempdir().unwrap();
     let pinned = dir.path().join("golden.json");
-    let golden: &'static str = Box::leak(pinned.display().to_string().into_boxed_str());
-    let spec = TestSpec { golden: Some(golden), max_tokens: Some(2), ..spec(BackendKind::Cpu, "golden_cpu") };
-    let run = || std::panic::catch_unwind(|| runner::run(&spec, |_| {})).map_err(panic_text);
     let pending = apr_engine::testing::golden::pending_path(&pinned);
 
-    let missing = run().unwrap_err();
+    let missing = run_golden(&pinned).unwrap_err();
     assert!(missing.contains("no golden file") && missing.contains("cargo apr review --accept"), "{missing}");
     std::fs::rename(&pending, &pinned).unwrap();
-    run().unwrap();
+    run_golden(&pinned).unwrap();
     assert!(!pending.exists());
 
     let mut snapshot: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&pinned).unwrap()).unwrap();
     let logit = &mut snapshot["prompts"][0]["top_logits"][0][0][1];
     *logit = serde_json::json!(logit.as_f64().unwrap() + 0.5);
     std::fs::write(&pinned, serde_json::to_string(&snapshot).unwrap()).unwrap();
-    let moved = run().unwrap_err();
+    let moved = run_golden(&pinned).unwrap_err();
     assert!(moved.contains("moved by 5.000e-1"), "{moved}");
     assert!(pending.exists(), "the new snapshot waits for review");
+}
+
+/// In CI a missing golden file fails the test and leaves nothing behind.
+#[test]
+#[ignore = "run by golden_snapshots_pin_tokens_and_logits with CI=true"]
+fn golden_missing_in_ci_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = dir.path().join("golden.json");
+    let missing = run_golden(&pinned).unwrap_err();
+    assert!(missing.contains("no golden file") && missing.contains("CI is set"), "{missing}");
+    assert!(!apr_engine::testing::golden::pending_path(&pinned).exists());
+}
+
+fn run_golden(pinned: &std::path::Path) -> Result<(), String> {
+    let golden: &'static str = Box::leak(pinned.display().to_string().into_boxed_str());
+    let spec = TestSpec { golden: Some(golden), max_tokens: Some(2), ..spec(BackendKind::Cpu, "golden_cpu") };
+    std::panic::catch_unwind(|| runner::run(&spec, |_| {})).map(|_| ()).map_err(panic_text)
+}
+
+/// Runs one ignored test of this binary in a child process with `CI` set to
+/// `ci` (or removed), and fails unless that test ran and passed.
+fn run_in_child(test: &str, ci: Option<&str>) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args([test, "--exact", "--ignored", "--test-threads=1"]);
+    match ci {
+        Some(value) => child.env("CI", value),
+        None => child.env_remove("CI"),
+    };
+    let out = child.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stdout.contains("1 passed"), "{test} (CI={ci:?}):\n{stdout}\n{stderr}");
 }
 
 fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {

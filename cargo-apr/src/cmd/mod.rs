@@ -11,6 +11,7 @@ mod convert;
 mod diff_tensors;
 mod fetch;
 mod inspect;
+mod kld;
 mod profile;
 mod prompt_args;
 mod review;
@@ -56,6 +57,8 @@ enum Command {
     DiffTensors(diff_tensors::Args),
     /// Fetch and verify the models declared in [package.metadata.apr.models].
     Fetch(fetch::Args),
+    /// Distance to exact math over a text (KL, top-1 agreement), beside llama.cpp's.
+    Kld(kld::Args),
     /// Per-token decode latency percentiles and throughput, with CI assertions.
     Profile(profile::Args),
     /// Show pending golden snapshots against the pinned ones; --accept or --reject them.
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Inspect(args) => inspect::run(args),
         Command::DiffTensors(args) => diff_tensors::run(args),
         Command::Fetch(args) => fetch::run(args),
+        Command::Kld(args) => kld::run(args),
         Command::Profile(args) => profile::run(args),
         Command::Review(args) => review::run(args),
         Command::Test(args) => test::run(args),

@@ -1,0 +1,336 @@
+//! An engine's distance to exact math, measured: a text is run teacher-forced,
+//! in chunks as llama-perplexity runs it, through the fast backend and the
+//! exact one (`cpu-reference`: every weight dequantized and dotted in f64),
+//! and at every scored position the two next-token distributions are compared
+//! (KL divergence of the engine from the exact one, top-1 agreement, largest
+//! log-probability and logit differences). Given llama.cpp's KL-divergence
+//! base file for the same text, llama.cpp's distributions are compared with
+//! the same exact reference, so the two engines' errors are figures side by
+//! side instead of an argument over near ties.
+
+use serde::Serialize;
+
+use super::llama_kld_base::LlamaKldBase;
+use crate::error::{Error, Result};
+use crate::model::{Logits, Model};
+use crate::tokenizer::Tokenizer;
+
+pub const SCHEMA: &str = "apr.kld.v1";
+/// `max|dlogp|` is taken over the tokens this close (nats) to the exact top:
+/// llama.cpp's base file floors everything 16 nats below its own top, so a
+/// narrower window compares values both files really hold.
+pub const LOGPROB_WINDOW: f64 = 10.0;
+
+/// A text's tokens, cut into the chunks llama-perplexity evaluates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunks {
+    pub n_ctx: usize,
+    /// `n_chunk * n_ctx` tokens, the text's own (before any BOS substitution).
+    pub tokens: Vec<u32>,
+    /// Put in place of each chunk's first token while evaluating, when the
+    /// model adds a BOS token (as llama-perplexity does).
+    pub bos: Option<u32>,
+}
+
+impl Chunks {
+    /// Tokenizes `text` as `llama-perplexity -f` reads it: one trailing newline
+    /// dropped, special-token text kept as text, BOS first if the model adds
+    /// one; then whole chunks of `n_ctx` tokens, at most `max_chunks`.
+    pub fn of_text(tokenizer: &Tokenizer, text: &str, n_ctx: usize, max_chunks: Option<usize>) -> Result<Chunks> {
+        if n_ctx < 4 {
+            return Err(Error::Invalid(format!("a chunk of {n_ctx} tokens scores no position (at least 4)")));
+        }
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let bos = tokenizer.bos().filter(|_| tokenizer.add_bos());
+        let mut tokens: Vec<u32> = bos.into_iter().collect();
+        tokens.extend(tokenizer.encode_with_special(text, false));
+        let whole = tokens.len() / n_ctx;
+        let n_chunk = max_chunks.map_or(whole, |m| m.min(whole));
+        if n_chunk == 0 {
+            return Err(Error::Invalid(format!(
+                "the text is {} tokens: too short for one chunk of {n_ctx} (give a longer text or a smaller --ctx)",
+                tokens.len()
+            )));
+        }
+        tokens.truncate(n_chunk * n_ctx);
+        Ok(Chunks { n_ctx, tokens, bos })
+    }
+
+    pub fn n_chunk(&self) -> usize {
+        self.tokens.len() / self.n_ctx
+    }
+
+    /// llama-perplexity scores the second half of each chunk but its last
+    /// position (which has no next token in the chunk).
+    pub fn scored_in_chunk(&self) -> std::ops::Range<usize> {
+        self.n_ctx / 2..self.n_ctx - 1
+    }
+
+    /// Chunk `c` as evaluated: its first token replaced by BOS when the model adds one.
+    fn evaluated(&self, c: usize) -> Vec<u32> {
+        let mut chunk = self.tokens[c * self.n_ctx..(c + 1) * self.n_ctx].to_vec();
+        if let Some(bos) = self.bos {
+            chunk[0] = bos;
+        }
+        chunk
+    }
+
+    /// Fails unless llama.cpp evaluated these very tokens in chunks of the same size.
+    pub fn check_same_as(&self, llama: &LlamaKldBase) -> Result<()> {
+        let file = llama.path().display();
+        if llama.n_ctx() != self.n_ctx {
+            return Err(Error::Invalid(format!("{file}: chunks of {} tokens, not {}", llama.n_ctx(), self.n_ctx)));
+        }
+        let theirs = &llama.tokens()[..self.tokens.len().min(llama.tokens().len())];
+        if let Some(i) = theirs.iter().zip(&self.tokens).position(|(a, b)| a != b) {
+            return Err(Error::Invalid(format!(
+                "{file}: token {i} is {} in llama.cpp's file but {} in apr's tokenization of the text \
+                 (was the base file written for another text or model?)",
+                theirs[i], self.tokens[i]
+            )));
+        }
+        if theirs.len() < self.tokens.len() {
+            return Err(Error::Invalid(format!(
+                "{file}: holds {} chunks, the text has {} (written with --chunks?)",
+                llama.n_chunk(),
+                self.n_chunk()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One engine's distributions against the exact ones at one position.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Distance {
+    /// KL(exact || engine), nats.
+    pub kl: f64,
+    /// The engine's most likely token.
+    pub top1: u32,
+    /// Largest |log p - log p_exact| over the tokens within [`LOGPROB_WINDOW`] of the exact top.
+    pub max_abs_dlogprob: f64,
+    /// Largest |logit - exact logit| over the vocabulary (logits are not in
+    /// llama.cpp's file, only log-probabilities: absent there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_abs_dlogit: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Position {
+    pub chunk: usize,
+    /// Position within the chunk; the row predicts the token at `pos + 1`.
+    pub pos: usize,
+    pub target: u32,
+    pub exact_top1: u32,
+    pub apr: Distance,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llama_cpp: Option<Distance>,
+}
+
+/// An engine's figures over all scored positions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub mean_kl: f64,
+    /// The 99th percentile (nearest rank).
+    pub p99_kl: f64,
+    pub max_kl: f64,
+    /// Share of positions whose top token is the exact top token.
+    pub top1_agreement: f64,
+    pub max_abs_dlogprob: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_abs_dlogit: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KldReport {
+    pub schema: &'static str,
+    pub n_ctx: usize,
+    pub n_chunk: usize,
+    /// The fast backend's name.
+    pub engine: &'static str,
+    /// The exact backend's name.
+    pub exact: &'static str,
+    pub apr: Summary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llama_cpp: Option<Summary>,
+    pub positions: Vec<Position>,
+}
+
+/// Runs every chunk through `fast` and `exact` (and reads llama.cpp's rows
+/// when given), calling `progress(chunk, n_chunk)` after each chunk.
+pub fn measure(
+    fast: &Model,
+    exact: &Model,
+    chunks: &Chunks,
+    llama: Option<&LlamaKldBase>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<KldReport> {
+    if let Some(llama) = llama {
+        chunks.check_same_as(llama)?;
+        if llama.n_vocab() != exact.config.vocab {
+            let file = llama.path().display();
+            return Err(Error::Invalid(format!(
+                "{file}: a vocabulary of {}, the model's is {}",
+                llama.n_vocab(),
+                exact.config.vocab
+            )));
+        }
+    }
+    let mut positions = Vec::new();
+    for c in 0..chunks.n_chunk() {
+        positions.extend(measure_chunk(fast, exact, chunks, c, llama)?);
+        progress(c + 1, chunks.n_chunk());
+    }
+    let apr = summarize(positions.iter().map(|p| (&p.apr, p.exact_top1)));
+    let llama_cpp = llama.map(|_| summarize(positions.iter().filter_map(|p| Some((p.llama_cpp.as_ref()?, p.exact_top1)))));
+    Ok(KldReport {
+        schema: SCHEMA,
+        n_ctx: chunks.n_ctx,
+        n_chunk: chunks.n_chunk(),
+        engine: fast.backend_name(),
+        exact: exact.backend_name(),
+        apr,
+        llama_cpp,
+        positions,
+    })
+}
+
+fn measure_chunk(
+    fast: &Model,
+    exact: &Model,
+    chunks: &Chunks,
+    c: usize,
+    llama: Option<&LlamaKldBase>,
+) -> Result<Vec<Position>> {
+    let tokens = chunks.evaluated(c);
+    let all_logits = |model: &Model| {
+        let mut cache = model.new_cache(tokens.len());
+        model.forward(&tokens, &mut cache, Logits::All)
+    };
+    let (fast_logits, exact_logits) = (all_logits(fast)?, all_logits(exact)?);
+    let vocab = exact.config.vocab;
+    let scored = chunks.scored_in_chunk();
+    let mut positions = Vec::with_capacity(scored.len());
+    for (i, pos) in scored.clone().enumerate() {
+        let row = pos * vocab..(pos + 1) * vocab;
+        let (exact_row, fast_row) = (&exact_logits[row.clone()], &fast_logits[row]);
+        let exact_lp = log_softmax(exact_row);
+        let mut apr = distance(&exact_lp, &log_softmax(fast_row));
+        apr.max_abs_dlogit = Some(max_abs_difference(exact_row, fast_row));
+        let llama_cpp = llama.map(|base| {
+            let record = c * scored.len() + i;
+            distance(&exact_lp, &log_softmax(&base.log_probs(record)))
+        });
+        positions.push(Position {
+            chunk: c,
+            pos,
+            target: chunks.tokens[c * chunks.n_ctx + pos + 1],
+            exact_top1: argmax(&exact_lp),
+            apr,
+            llama_cpp,
+        });
+    }
+    Ok(positions)
+}
+
+/// Log-probabilities in f64. Applied to llama.cpp's decoded log-probs too:
+/// their u16 rounding and floor leave a sum slightly off 1, renormalized here.
+fn log_softmax(values: &[f32]) -> Vec<f64> {
+    let max = values.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let sum: f64 = values.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let log_norm = max + sum.ln();
+    values.iter().map(|&v| v as f64 - log_norm).collect()
+}
+
+fn distance(exact: &[f64], engine: &[f64]) -> Distance {
+    let kl = exact.iter().zip(engine).map(|(&p, &q)| p.exp() * (p - q)).sum::<f64>();
+    let top = exact.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let max_abs_dlogprob = exact
+        .iter()
+        .zip(engine)
+        .filter(|(&p, _)| p >= top - LOGPROB_WINDOW)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f64::max);
+    // Rounding can leave a KL of identical rows a hair below zero.
+    Distance { kl: kl.max(0.0), top1: argmax(engine), max_abs_dlogprob, max_abs_dlogit: None }
+}
+
+fn max_abs_difference(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).fold(0.0, f64::max)
+}
+
+/// The first index of the largest value, as greedy decoding picks.
+fn argmax(values: &[f64]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn summarize<'a>(distances: impl Iterator<Item = (&'a Distance, u32)>) -> Summary {
+    let mut kls = Vec::new();
+    let (mut agree, mut max_dlogprob, mut max_dlogit) = (0usize, 0.0f64, None::<f64>);
+    for (d, exact_top1) in distances {
+        kls.push(d.kl);
+        agree += usize::from(d.top1 == exact_top1);
+        max_dlogprob = max_dlogprob.max(d.max_abs_dlogprob);
+        if let Some(v) = d.max_abs_dlogit {
+            max_dlogit = Some(max_dlogit.map_or(v, |m| m.max(v)));
+        }
+    }
+    let n = kls.len().max(1);
+    let mean_kl = kls.iter().sum::<f64>() / n as f64;
+    kls.sort_by(f64::total_cmp);
+    let nearest_rank = |q: f64| kls.get(((q * kls.len() as f64).ceil() as usize).saturating_sub(1)).copied();
+    Summary {
+        mean_kl,
+        p99_kl: nearest_rank(0.99).unwrap_or(0.0),
+        max_kl: kls.last().copied().unwrap_or(0.0),
+        top1_agreement: agree as f64 / n as f64,
+        max_abs_dlogprob: max_dlogprob,
+        max_abs_dlogit: max_dlogit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_rows_are_at_distance_zero() {
+        let lp = log_softmax(&[1.0, 2.0, 3.0]);
+        let d = distance(&lp, &lp);
+        assert_eq!((d.kl, d.top1, d.max_abs_dlogprob), (0.0, 2, 0.0));
+    }
+
+    #[test]
+    fn kl_of_a_known_pair() {
+        // p = (0.5, 0.5), q = (0.25, 0.75): KL = 0.5 ln 2 + 0.5 ln(2/3).
+        let p = [0.5f64.ln(), 0.5f64.ln()];
+        let q = [0.25f64.ln(), 0.75f64.ln()];
+        let d = distance(&p, &q);
+        assert!((d.kl - (0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln())).abs() < 1e-12);
+        assert_eq!(d.top1, 1);
+        assert!((d.max_abs_dlogprob - 2f64.ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_dlogprob_window_ignores_the_far_tail() {
+        let exact = [0.0, -5.0, -30.0];
+        let engine = [0.0, -5.5, -20.0];
+        assert_eq!(distance(&exact, &engine).max_abs_dlogprob, 0.5);
+    }
+
+    #[test]
+    fn summary_takes_the_nearest_rank_percentile_and_agreement() {
+        let at = |kl: f64, top1: u32| Distance { kl, top1, max_abs_dlogprob: kl, max_abs_dlogit: Some(2.0 * kl) };
+        let distances: Vec<Distance> = (1..=200).map(|i| at(i as f64, u32::from(i % 4 == 0))).collect();
+        let s = summarize(distances.iter().map(|d| (d, 0)));
+        assert_eq!((s.mean_kl, s.p99_kl, s.max_kl), (100.5, 198.0, 200.0));
+        assert_eq!(s.top1_agreement, 0.75);
+        assert_eq!((s.max_abs_dlogprob, s.max_abs_dlogit), (200.0, Some(400.0)));
+    }
+}
