@@ -108,6 +108,13 @@ if wanted trace-qk-order; then
   "$permute_qk" "$smollm2" "$scratch/qk.apr" >/dev/null
   capture trace-qk-order 40 -- trace-diff "$smollm2" "$scratch/qk.apr" --prompt "What is the capital of France?" --max-tokens 4
 fi
+if wanted kld; then
+  # llama.cpp's base file for the same text: scripts/build-llama-cpp.sh, then scripts/llama_kld_base.sh.
+  smollm2="$(dirname "$M")/smollm2-135m-instruct-q4_1.gguf"
+  base=${APR_KLD_DIR:-$HOME/.cache/apr/kld}/smollm2-135m-instruct-q4_1.c128.kld
+  [[ -f $base ]] || scripts/llama_kld_base.sh smollm2 >&2 || exit 1
+  capture kld 20 -- kld "$smollm2" --text reference/kld/text.txt --against-llama-logits "$base"
+fi
 wanted trace-backends && capture trace-backends 30 -- trace-diff "$M" "$M" --prompt "What is 2+2?" --max-tokens 2 --candidate-backend cpu-reference
 wanted profile && capture profile 30 -- profile "$M" --warmup 4 --measure 32
 wanted profile-ci && capture profile-ci 30 -- profile "$M" --warmup 4 --measure 16 --ci --assert-throughput 1000

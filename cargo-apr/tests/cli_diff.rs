@@ -71,3 +71,17 @@ fn compare_inference_diagnoses_a_model_that_produces_nothing() {
     let diagnosis = report["diagnosis"].as_str().unwrap();
     assert!(diagnosis.contains("model B"), "{diagnosis}");
 }
+
+#[test]
+fn trace_diff_on_a_missing_candidate_is_an_error_naming_it_not_a_finding() {
+    let out = apr()
+        .args(["apr", "trace-diff"])
+        .arg(QWEN_0_5B.require())
+        .args(["/no/such/candidate.apr", "--prompt", "hi"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/no/such/candidate.apr"), "{stderr}");
+}

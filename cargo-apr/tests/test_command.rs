@@ -344,3 +344,12 @@ fn merged_shards_give_the_matrix_of_one_run() {
     assert!(junit.contains(r#"tests="5" skipped="1" failures="2" errors="0""#), "{junit}");
     assert!(shard("merged/reports/failing.corrupted_candidate_is_caught_cpu.json").is_file());
 }
+
+#[test]
+fn outside_a_cargo_package_the_error_is_one_line_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("cargo-apr").unwrap().current_dir(dir.path()).args(["apr", "test"]).assert().code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not inside a cargo package: could not find `Cargo.toml`"), "{stderr}");
+}

@@ -182,7 +182,8 @@ pub fn measure(
         progress(c + 1, chunks.n_chunk());
     }
     let apr = summarize(positions.iter().map(|p| (&p.apr, p.exact_top1)));
-    let llama_cpp = llama.map(|_| summarize(positions.iter().filter_map(|p| Some((p.llama_cpp.as_ref()?, p.exact_top1)))));
+    let llama_cpp =
+        llama.map(|_| summarize(positions.iter().filter_map(|p| Some((p.llama_cpp.as_ref()?, p.exact_top1)))));
     Ok(KldReport {
         schema: SCHEMA,
         n_ctx: chunks.n_ctx,
@@ -219,7 +220,8 @@ fn measure_chunk(
         apr.max_abs_dlogit = Some(max_abs_difference(exact_row, fast_row));
         let llama_cpp = llama.map(|base| {
             let record = c * scored.len() + i;
-            distance(&exact_lp, &log_softmax(&base.log_probs(record)))
+            let llama_lp: Vec<f64> = base.log_probs(record).into_iter().map(f64::from).collect();
+            distance(&exact_lp, &llama_lp)
         });
         positions.push(Position {
             chunk: c,
@@ -233,8 +235,13 @@ fn measure_chunk(
     Ok(positions)
 }
 
-/// Log-probabilities in f64. Applied to llama.cpp's decoded log-probs too:
-/// their u16 rounding and floor leave a sum slightly off 1, renormalized here.
+/// Log-probabilities in f64.
+///
+/// llama.cpp's rows are used as decoded, not renormalized: every token more
+/// than 16 nats below the top reads as the floor there, which over-counts the
+/// tail by up to e^-16 per token (5e-3 in all over SmolLM2's 49k tokens);
+/// renormalizing would move every log-probability by that much, while as
+/// decoded the tail only adds terms of exact probability below e^-16.
 fn log_softmax(values: &[f32]) -> Vec<f64> {
     let max = values.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
     let sum: f64 = values.iter().map(|&v| (v as f64 - max).exp()).sum();

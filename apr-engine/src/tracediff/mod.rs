@@ -189,6 +189,8 @@ pub fn trace_diff_paths(reference: &Path, candidate: &Path, options: &TraceDiffO
     }
     match Side::open_on(candidate, options.candidate_backend) {
         Ok(candidate_side) => trace_diff(&reference_side, &candidate_side, options),
+        // A file that cannot be read is a wrong command line, not a finding about a model.
+        Err(io_error @ Error::Io { .. }) => Err(io_error),
         Err(load_error) => Ok(unloadable_candidate(&reference_side, candidate, load_error, options)),
     }
 }

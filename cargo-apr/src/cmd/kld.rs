@@ -2,6 +2,7 @@
 //! text run teacher-forced, and with `--against-llama-logits F` llama.cpp's
 //! distance to the same exact reference (from its `--kl-divergence-base` file).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -75,10 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             exact.backend_name(),
         );
     }
+    // The exact backend takes seconds to minutes per chunk: show progress on a terminal.
+    let show_progress = std::io::stderr().is_terminal();
     let report = kld::measure(&fast.model, &exact, &chunks, llama.as_ref(), |done, all| {
-        eprint!("\rchunk {done}/{all}");
-        if done == all {
-            eprintln!();
+        if show_progress {
+            eprint!("\rchunk {done}/{all}{}", if done == all { "\n" } else { "" });
         }
     })?;
     if args.json {
@@ -98,10 +100,7 @@ fn print_summary(report: &KldReport) {
     if let Some(llama) = &report.llama_cpp {
         print_row("llama.cpp", llama);
         let closer = if report.apr.mean_kl <= llama.mean_kl { "apr" } else { "llama.cpp" };
-        println!(
-            "closer to exact math by mean KL: {closer} ({:.3e} vs {:.3e})",
-            report.apr.mean_kl, llama.mean_kl
-        );
+        println!("closer to exact math by mean KL: {closer} ({:.3e} vs {:.3e})", report.apr.mean_kl, llama.mean_kl);
     }
     println!(
         "KL is KL(exact || engine) in nats; top-1: share of positions whose top token is exact math's; \

@@ -15,6 +15,21 @@ pub struct Workspace {
     pub selected: Vec<String>,
 }
 
+/// `cargo metadata`'s failure in one line: cargo's own first error, and
+/// "not inside a cargo package" when that is what it means.
+fn one_line(error: cargo_metadata::Error) -> anyhow::Error {
+    let cargo_metadata::Error::CargoMetadata { stderr } = &error else {
+        return anyhow::Error::new(error).context("running cargo metadata");
+    };
+    let first = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or(stderr.trim());
+    let first = first.trim_start_matches("error:").trim();
+    if first.contains("could not find `Cargo.toml`") {
+        anyhow::anyhow!("not inside a cargo package: {first} (give --manifest-path PATH/Cargo.toml)")
+    } else {
+        anyhow::anyhow!("cargo metadata: {first}")
+    }
+}
+
 impl Workspace {
     pub fn load(manifest_path: Option<&Path>, packages: &[String]) -> anyhow::Result<Workspace> {
         let mut command = MetadataCommand::new();
@@ -22,7 +37,7 @@ impl Workspace {
         if let Some(path) = manifest_path {
             command.manifest_path(path);
         }
-        let metadata = command.exec().context("running cargo metadata")?;
+        let metadata = command.exec().map_err(one_line)?;
         for name in packages {
             if !metadata.workspace_packages().iter().any(|p| &p.name == name) {
                 let known: Vec<&str> = metadata.workspace_packages().iter().map(|p| p.name.as_str()).collect();
