@@ -374,6 +374,9 @@ fn exact_logits_in_llama_cpps_file_are_at_the_distance_of_their_rounding() {
     assert!(apr.mean_kl > 0.0 && apr.mean_kl < 1e-2, "{apr:?}");
     assert!(apr.top1_agreement >= 0.9, "{apr:?}");
     assert!(apr.max_abs_dlogit.is_some_and(|d| d > 0.0 && d < 2.0), "{apr:?}");
+    // Against a "llama.cpp" that is exact math, apr's whole KL is the difference.
+    let difference = report.apr_minus_llama_cpp.unwrap();
+    assert!((difference.mean - apr.mean_kl).abs() < 1e-6 && difference.is_significant(), "{difference:?}");
     for p in &report.positions {
         assert_eq!(p.target, chunks.tokens[p.chunk * MEASURE_CTX + p.pos + 1]);
         assert!(p.apr.kl.is_finite() && p.apr.kl >= 0.0, "{p:?}");

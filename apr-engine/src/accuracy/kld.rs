@@ -153,7 +153,33 @@ pub struct KldReport {
     pub apr: Summary,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub llama_cpp: Option<Summary>,
+    /// apr's KL minus llama.cpp's, position by position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apr_minus_llama_cpp: Option<PairedDifference>,
     pub positions: Vec<Position>,
+}
+
+/// The mean of a per-position difference and its standard error: two engines
+/// whose mean KLs differ by less than about two standard errors are not
+/// told apart by this text.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PairedDifference {
+    pub mean: f64,
+    pub standard_error: f64,
+}
+
+impl PairedDifference {
+    fn of(differences: &[f64]) -> PairedDifference {
+        let n = differences.len() as f64;
+        let mean = differences.iter().sum::<f64>() / n;
+        let variance = differences.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        PairedDifference { mean, standard_error: (variance / n).sqrt() }
+    }
+
+    /// Whether the difference is more than two standard errors from zero.
+    pub fn is_significant(&self) -> bool {
+        self.mean.abs() > 2.0 * self.standard_error
+    }
 }
 
 /// Runs every chunk through `fast` and `exact` (and reads llama.cpp's rows
@@ -184,6 +210,11 @@ pub fn measure(
     let apr = summarize(positions.iter().map(|p| (&p.apr, p.exact_top1)));
     let llama_cpp =
         llama.map(|_| summarize(positions.iter().filter_map(|p| Some((p.llama_cpp.as_ref()?, p.exact_top1)))));
+    let apr_minus_llama_cpp = llama.map(|_| {
+        let differences: Vec<f64> =
+            positions.iter().filter_map(|p| Some(p.apr.kl - p.llama_cpp.as_ref()?.kl)).collect();
+        PairedDifference::of(&differences)
+    });
     Ok(KldReport {
         schema: SCHEMA,
         n_ctx: chunks.n_ctx,
@@ -192,6 +223,7 @@ pub fn measure(
         exact: exact.backend_name(),
         apr,
         llama_cpp,
+        apr_minus_llama_cpp,
         positions,
     })
 }
@@ -329,6 +361,15 @@ mod tests {
         let exact = [0.0, -5.0, -30.0];
         let engine = [0.0, -5.5, -20.0];
         assert_eq!(distance(&exact, &engine).max_abs_dlogprob, 0.5);
+    }
+
+    #[test]
+    fn a_paired_difference_has_the_standard_error_of_its_mean() {
+        let d = PairedDifference::of(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(d.mean, 2.5);
+        assert!((d.standard_error - (5.0f64 / 3.0 / 4.0).sqrt()).abs() < 1e-12);
+        assert!(d.is_significant());
+        assert!(!PairedDifference::of(&[1.0, -1.0, 1.5, -1.5]).is_significant());
     }
 
     #[test]

@@ -99,8 +99,14 @@ fn print_summary(report: &KldReport) {
     print_row(&format!("apr ({})", report.engine), &report.apr);
     if let Some(llama) = &report.llama_cpp {
         print_row("llama.cpp", llama);
-        let closer = if report.apr.mean_kl <= llama.mean_kl { "apr" } else { "llama.cpp" };
-        println!("closer to exact math by mean KL: {closer} ({:.3e} vs {:.3e})", report.apr.mean_kl, llama.mean_kl);
+    }
+    if let Some(d) = &report.apr_minus_llama_cpp {
+        let verdict = match (d.is_significant(), d.mean <= 0.0) {
+            (false, _) => "not told apart by this text (within two standard errors)",
+            (true, true) => "apr is closer to exact math",
+            (true, false) => "llama.cpp is closer to exact math",
+        };
+        println!("apr - llama.cpp mean KL: {:+.2e} +/- {:.2e}: {verdict}", d.mean, d.standard_error);
     }
     println!(
         "KL is KL(exact || engine) in nats; top-1: share of positions whose top token is exact math's; \
