@@ -182,7 +182,8 @@ pub fn measure(
         progress(c + 1, chunks.n_chunk());
     }
     let apr = summarize(positions.iter().map(|p| (&p.apr, p.exact_top1)));
-    let llama_cpp = llama.map(|_| summarize(positions.iter().filter_map(|p| Some((p.llama_cpp.as_ref()?, p.exact_top1)))));
+    let llama_cpp =
+        llama.map(|_| summarize(positions.iter().filter_map(|p| Some((p.llama_cpp.as_ref()?, p.exact_top1)))));
     Ok(KldReport {
         schema: SCHEMA,
         n_ctx: chunks.n_ctx,

@@ -98,10 +98,7 @@ fn print_summary(report: &KldReport) {
     if let Some(llama) = &report.llama_cpp {
         print_row("llama.cpp", llama);
         let closer = if report.apr.mean_kl <= llama.mean_kl { "apr" } else { "llama.cpp" };
-        println!(
-            "closer to exact math by mean KL: {closer} ({:.3e} vs {:.3e})",
-            report.apr.mean_kl, llama.mean_kl
-        );
+        println!("closer to exact math by mean KL: {closer} ({:.3e} vs {:.3e})", report.apr.mean_kl, llama.mean_kl);
     }
     println!(
         "KL is KL(exact || engine) in nats; top-1: share of positions whose top token is exact math's; \
