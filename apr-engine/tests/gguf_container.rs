@@ -541,6 +541,27 @@ fn absurd_counts_and_lengths_error_without_allocating() {
     }
 }
 
+/// An array takes no more memory parsed than in the file (issue #11: 50 M u8
+/// took 1.6 GB when each element was a 32-byte `MetaValue`).
+#[test]
+fn a_50_million_element_u8_array_parses_compactly() {
+    const COUNT: usize = 50_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big-array.gguf");
+    let mut meta = Metadata::default();
+    meta.insert("general.junk", MetaValue::Array(MetaArray::U8(vec![7; COUNT])));
+    write_source(&path, &MemorySource::new(meta)).unwrap();
+    let bytes = read(&path);
+    let (parsed, largest) = largest_allocation_in(|| gguf::parse(&bytes).unwrap());
+    let Some(MetaValue::Array(MetaArray::U8(values))) = parsed.metadata.get("general.junk") else {
+        panic!("general.junk is not a u8 array: {:?}", parsed.metadata.get("general.junk").map(MetaValue::meta_type));
+    };
+    assert_eq!(values.len(), COUNT);
+    assert_eq!(values.capacity(), COUNT, "one byte per element, reserved once");
+    assert!(values.iter().all(|&v| v == 7));
+    assert!(largest <= COUNT, "the largest allocation was {largest} bytes for {COUNT} elements");
+}
+
 #[test]
 fn unknown_dtype_id_names_the_id_the_tensor_and_the_offset() {
     for id in [99, 16] {
