@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use apr_engine::container::{apr, gguf, safetensors, MemorySource, MetaType, MetaValue, Metadata, TensorSpec};
+use apr_engine::container::{apr, gguf, safetensors, MemorySource, MetaArray, MetaValue, Metadata, TensorSpec};
 use apr_engine::container::{Progress, TensorSource, WriteOptions};
 use apr_engine::testing::models::QWEN_0_5B;
 use apr_engine::DType;
@@ -89,8 +89,7 @@ fn llama_metadata() -> Metadata {
     meta.insert("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(1e-5));
     meta.insert("tokenizer.ggml.model", MetaValue::String("gpt2".into()));
     meta.insert("tokenizer.ggml.tokens", strings(&["<s>", "</s>", "a", "b", "ab", "\u{120}c"]));
-    let types = (0..6).map(|i| MetaValue::I32(if i < 2 { 3 } else { 1 })).collect();
-    meta.insert("tokenizer.ggml.token_type", MetaValue::Array { elem_type: MetaType::I32, values: types });
+    meta.insert("tokenizer.ggml.token_type", MetaValue::Array(MetaArray::I32(vec![3, 3, 1, 1, 1, 1])));
     meta.insert("tokenizer.ggml.merges", strings(&["a b"]));
     meta.insert("tokenizer.ggml.bos_token_id", MetaValue::U32(0));
     meta.insert("tokenizer.ggml.eos_token_id", MetaValue::U32(1));
@@ -111,11 +110,8 @@ fn every_type_metadata() -> Metadata {
     m.insert("t.u64", V::U64(u64::MAX));
     m.insert("t.i64", V::I64(i64::MIN));
     m.insert("t.f64", V::F64(std::f64::consts::PI));
-    let nested = V::Array {
-        elem_type: MetaType::Array,
-        values: vec![V::Array { elem_type: MetaType::U8, values: vec![V::U8(1)] }, strings(&["x"])],
-    };
-    m.insert("a.nested", nested);
+    let nested = MetaArray::Array(vec![MetaArray::U8(vec![1]), MetaArray::String(vec!["x".into()])]);
+    m.insert("a.nested", V::Array(nested));
     m
 }
 

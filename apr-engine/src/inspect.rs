@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::container::{Format, ModelFile, TensorInfo};
+use crate::container::{Format, MetaArray, MetaValue, ModelFile, TensorInfo};
 use crate::dtype::element_count;
 use crate::model::ModelConfig;
 
@@ -89,7 +89,7 @@ fn tokenizer_summary(model: &ModelFile) -> Option<TokenizerSummary> {
         model: meta.get_str("tokenizer.ggml.model").map(str::to_string),
         pre: meta.get_str("tokenizer.ggml.pre").map(str::to_string),
         tokens,
-        merges: meta.get("tokenizer.ggml.merges").and_then(|v| v.as_array()).map_or(0, <[_]>::len),
+        merges: meta.get("tokenizer.ggml.merges").and_then(MetaValue::as_array).map_or(0, MetaArray::len),
         bos: meta.get_u64("tokenizer.ggml.bos_token_id"),
         eos: meta.get_u64("tokenizer.ggml.eos_token_id"),
         chat_template: meta.get_str("tokenizer.chat_template").is_some(),

@@ -7,7 +7,8 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use apr_engine::container::{
-    apr, MemorySource, MetaType, MetaValue, Metadata, ModelFile, QkRowOrder, TensorSource, TensorSpec, WriteOptions,
+    apr, MemorySource, MetaArray, MetaType, MetaValue, Metadata, ModelFile, QkRowOrder, TensorSource, TensorSpec,
+    WriteOptions,
 };
 use apr_engine::error::{ParseError, Result};
 use apr_engine::DType;
@@ -38,8 +39,7 @@ fn llama_metadata() -> Metadata {
     meta.insert("tokenizer.ggml.model", MetaValue::String("gpt2".into()));
     meta.insert("tokenizer.ggml.pre", MetaValue::String("smollm".into()));
     meta.insert("tokenizer.ggml.tokens", strings(&["<s>", "</s>", "a", "b", "ab", "\u{120}c"]));
-    let types = (0..6).map(|i| MetaValue::I32(if i < 2 { 3 } else { 1 })).collect();
-    meta.insert("tokenizer.ggml.token_type", MetaValue::Array { elem_type: MetaType::I32, values: types });
+    meta.insert("tokenizer.ggml.token_type", MetaValue::Array(MetaArray::I32(vec![3, 3, 1, 1, 1, 1])));
     meta.insert("tokenizer.ggml.merges", strings(&["a b"]));
     meta.insert("tokenizer.ggml.bos_token_id", MetaValue::U32(0));
     meta.insert("tokenizer.ggml.eos_token_id", MetaValue::U32(1));
@@ -584,10 +584,11 @@ fn meta_value(types: &[u64], json: &serde_json::Value) -> MetaValue {
         MetaType::F64 => MetaValue::F64(json.as_f64().unwrap()),
         MetaType::Bool => MetaValue::Bool(json.as_bool().unwrap()),
         MetaType::String => MetaValue::String(json.as_str().unwrap().to_string()),
-        MetaType::Array => MetaValue::Array {
-            elem_type: MetaType::from_id(types[1] as u32).unwrap(),
-            values: json.as_array().unwrap().iter().map(|v| meta_value(&types[1..], v)).collect(),
-        },
+        MetaType::Array => {
+            let elem_type = MetaType::from_id(types[1] as u32).unwrap();
+            let values = json.as_array().unwrap().iter().map(|v| meta_value(&types[1..], v));
+            MetaValue::Array(MetaArray::from_values(elem_type, values).unwrap())
+        }
     }
 }
 

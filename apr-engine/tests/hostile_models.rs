@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use apr_engine::backend::cpu::Cpu;
 use apr_engine::container::{
-    FileSource, MetaType, MetaValue, Metadata, ModelFile, TensorSource, TensorSpec, WriteOptions,
+    FileSource, MetaArray, MetaValue, Metadata, ModelFile, TensorSource, TensorSpec, WriteOptions,
 };
 use apr_engine::dtype::DType;
 use apr_engine::generate::{generate, GenerateOptions, SamplingParams};
@@ -189,10 +189,8 @@ fn unusable_rope_bases_are_refused() {
 #[test]
 fn a_merge_without_a_space_is_refused() {
     let model = smollm2();
-    let mut merges: Vec<String> = model.metadata().get("tokenizer.ggml.merges").unwrap().as_array().unwrap()[..100]
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let merges = model.metadata().get("tokenizer.ggml.merges").unwrap().as_array().unwrap().as_strings().unwrap();
+    let mut merges = merges[..100].to_vec();
     merges[17] = "nospace".into();
     let error = load_error(|m| m.set("tokenizer.ggml.merges", MetaValue::string_array(merges)));
     assert_mentions(&error, &["tokenizer.ggml.merges", "element 17", "nospace"]);
@@ -200,9 +198,9 @@ fn a_merge_without_a_space_is_refused() {
 
 #[test]
 fn a_token_type_out_of_range_is_refused() {
-    let mut types = vec![MetaValue::I32(1); 49152];
-    types[42] = MetaValue::I32(99);
-    let value = MetaValue::Array { elem_type: MetaType::I32, values: types };
+    let mut types = vec![1; 49152];
+    types[42] = 99;
+    let value = MetaValue::Array(MetaArray::I32(types));
     let error = load_error(|m| m.set("tokenizer.ggml.token_type", value));
     assert_mentions(&error, &["tokenizer.ggml.token_type", "element 42 is 99"]);
 }

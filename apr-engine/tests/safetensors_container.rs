@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use apr_engine::container::{
-    qk_order, safetensors, MemorySource, MetaValue, Metadata, ModelFile, QkRowOrder, TensorSpec, WriteOptions,
+    qk_order, safetensors, MemorySource, MetaArray, MetaValue, Metadata, ModelFile, QkRowOrder, TensorSpec,
+    WriteOptions,
 };
 use apr_engine::error::{Error, ParseError};
 use apr_engine::testing::models::{QWEN_0_5B, SMOLLM2};
@@ -435,8 +436,7 @@ fn transformers_style_companions_become_gguf_metadata() {
     }
     let model = ModelFile::open(dir.path()).unwrap();
     let meta = model.metadata();
-    let strings =
-        |key| meta.get(key).unwrap().as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect::<Vec<_>>();
+    let strings = |key| meta.get(key).unwrap().as_array().unwrap().as_strings().unwrap().to_vec();
     assert_eq!(meta.get_str("general.architecture"), Some("qwen2"));
     assert_eq!(meta.get("qwen2.block_count"), Some(&MetaValue::U32(1)));
     assert_eq!(meta.get("qwen2.attention.head_count_kv"), Some(&MetaValue::U32(2)), "defaults to head_count");
@@ -453,7 +453,7 @@ fn transformers_style_companions_become_gguf_metadata() {
         .unwrap()
         .as_array()
         .unwrap()
-        .iter()
+        .values()
         .map(|v| v.as_u64().unwrap())
         .collect();
     assert_eq!(types, [1, 1, 1, 1, 3, 3, 4, 5]);
@@ -496,25 +496,17 @@ fn bad_companions_are_errors_naming_file_and_field() {
 
 #[test]
 fn metadata_without_hf_fields_round_trips_typed() {
-    use apr_engine::container::MetaType;
     let mut meta = Metadata::default();
     meta.insert("general.architecture", MetaValue::String("llama".into()));
     // A key of an unusual type: config.json has the count, gguf_metadata keeps the u64.
     meta.insert("llama.block_count", MetaValue::U64(2));
     meta.insert("llama.attention.head_count", MetaValue::U32(2));
     meta.insert("llama.rope.scaling.factor", MetaValue::F32(0.1));
-    meta.insert(
-        "llama.nested",
-        MetaValue::Array {
-            elem_type: MetaType::Array,
-            values: vec![MetaValue::Array { elem_type: MetaType::I8, values: vec![MetaValue::I8(-1)] }],
-        },
-    );
+    meta.insert("llama.nested", MetaValue::Array(MetaArray::Array(vec![MetaArray::I8(vec![-1])])));
     // A SentencePiece vocabulary: tokenizer.json expresses byte-level BPE only, so it travels typed.
     meta.insert("tokenizer.ggml.model", MetaValue::String("llama".into()));
     meta.insert("tokenizer.ggml.tokens", MetaValue::string_array(["<unk>", "<s>", "▁a"].map(String::from)));
-    let scores = [0.0f32, 0.0, -1.5].map(MetaValue::F32).to_vec();
-    meta.insert("tokenizer.ggml.scores", MetaValue::Array { elem_type: MetaType::F32, values: scores });
+    meta.insert("tokenizer.ggml.scores", MetaValue::Array(MetaArray::F32(vec![0.0, 0.0, -1.5])));
     meta.insert("tokenizer.ggml.bos_token_id", MetaValue::U32(1));
     let mut source = MemorySource::new(meta.clone());
     source.push(spec("output_norm.weight", DType::F32, &[2]), f32_bytes([1.0, 2.0])).unwrap();
@@ -568,7 +560,7 @@ fn assert_metadata_round_trips(source: &Metadata, back: &Metadata, allowed_extra
 
 fn describe(value: &MetaValue) -> String {
     match value {
-        MetaValue::Array { elem_type, values } => format!("array of {} {elem_type:?}", values.len()),
+        MetaValue::Array(array) => format!("array of {} {:?}", array.len(), array.elem_type()),
         other => format!("{other:?}"),
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use apr_engine::container::{
-    FileSource, MetaType, MetaValue, Metadata, ModelFile, TensorSource, TensorSpec, WriteOptions,
+    FileSource, MetaArray, MetaType, MetaValue, Metadata, ModelFile, TensorSource, TensorSpec, WriteOptions,
 };
 use apr_engine::dtype::DType;
 use apr_engine::testing::models::SMOLLM2;
@@ -100,7 +100,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "token-type-99.gguf",
             must_fail: &LOADERS,
-            write: |p| edited(p, |e| e.array_element("tokenizer.ggml.token_type", 100, MetaValue::I32(99))),
+            write: |p| edited(p, |e| e.i32_element("tokenizer.ggml.token_type", 100, 99)),
         },
         Case {
             name: "template-loops-forever.gguf",
@@ -302,26 +302,25 @@ impl<'a> Edited<'a> {
         self.replaced[i] = Some((0..len).flat_map(|_| 1f32.to_le_bytes()).collect());
     }
 
-    fn array(&self, key: &str) -> (MetaType, Vec<MetaValue>) {
-        match self.metadata.get(key) {
-            Some(MetaValue::Array { elem_type, values }) => (*elem_type, values.clone()),
+    fn array(&mut self, key: &str) -> &mut MetaArray {
+        match self.metadata.entries.get_mut(key) {
+            Some(MetaValue::Array(array)) => array,
             other => panic!("{key} is not an array: {other:?}"),
         }
     }
 
-    fn array_element(&mut self, key: &str, index: usize, value: MetaValue) {
-        let (elem_type, mut values) = self.array(key);
-        values[index] = value;
-        self.set(key, MetaValue::Array { elem_type, values });
+    fn i32_element(&mut self, key: &str, index: usize, value: i32) {
+        match self.array(key) {
+            MetaArray::I32(values) => values[index] = value,
+            other => panic!("{key} holds {:?}, not i32", other.elem_type()),
+        }
     }
 
     /// The tokenizer's per-token arrays cut to `len` entries (the embedding keeps its rows).
     fn vocabulary_cut_to(&mut self, len: usize) {
         for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"] {
             if self.metadata.get(key).is_some() {
-                let (elem_type, mut values) = self.array(key);
-                values.truncate(len);
-                self.set(key, MetaValue::Array { elem_type, values });
+                self.array(key).truncate(len);
             }
         }
     }

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::dtype::DType;
 use crate::error::{Error, ParseError, Result};
-pub use metadata::{MetaType, MetaValue, Metadata};
+pub use metadata::{MetaArray, MetaType, MetaValue, Metadata};
 pub use source::{FileSource, MemorySource};
 pub use write::{
     remove_stale_temp_files, remove_unfinished_outputs, write_atomically, write_model_atomically, WriteOptions,

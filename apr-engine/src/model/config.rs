@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::container::{MetaValue, Metadata, TensorInfo};
+use crate::container::{MetaArray, MetaValue, Metadata, TensorInfo};
 use crate::error::{Error, Result};
 
 /// Decoder architectures the engine runs.
@@ -158,7 +158,7 @@ fn rope_base(meta: &Metadata, key: &str) -> Result<f32> {
 /// embedding has no row for.
 fn vocab_size(meta: &Metadata, tensors: &[TensorInfo]) -> Result<usize> {
     const TOKENS: &str = "tokenizer.ggml.tokens";
-    let listed = meta.get(TOKENS).and_then(|v| v.as_array()).map(<[_]>::len);
+    let listed = meta.get(TOKENS).and_then(MetaValue::as_array).map(MetaArray::len);
     let embedding = tensors.iter().find(|t| t.name == "token_embd.weight");
     let Some(embedding) = embedding else {
         let declared = || meta.arch_u64("vocab_size").and_then(|v| usize::try_from(v).ok());

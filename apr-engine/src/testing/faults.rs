@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::container::{
-    qk_order, FileSource, MetaValue, Metadata, ModelFile, QkRowOrder, TensorSource, TensorSpec, WriteOptions,
+    qk_order, FileSource, MetaArray, MetaValue, Metadata, ModelFile, QkRowOrder, TensorSource, TensorSpec, WriteOptions,
 };
 use crate::convert::{format_for_extension, write_source};
 use crate::dtype::DType;
@@ -145,20 +145,15 @@ impl<'a> FaultySource<'a> {
                 Ok(())
             }
             Fault::SpecialTokensNotAtomic => {
-                let types =
-                    self.metadata.get("tokenizer.ggml.token_type").and_then(MetaValue::as_array).ok_or_else(|| {
-                        Error::Invalid("tokenizer.ggml.token_type is missing: nothing to make non-atomic".into())
-                    })?;
+                let Some(MetaValue::Array(MetaArray::I32(types))) =
+                    self.metadata.entries.get_mut("tokenizer.ggml.token_type")
+                else {
+                    return Err(Error::Invalid(
+                        "tokenizer.ggml.token_type is missing or not i32: nothing to make non-atomic".into(),
+                    ));
+                };
                 // 3 = control, 4 = user-defined: both are matched whole; 1 = normal text.
-                let values: Vec<MetaValue> = types
-                    .iter()
-                    .map(|t| match t.as_u64() {
-                        Some(3 | 4) => MetaValue::I32(1),
-                        _ => t.clone(),
-                    })
-                    .collect();
-                let elem_type = crate::container::MetaType::I32;
-                self.metadata.insert("tokenizer.ggml.token_type", MetaValue::Array { elem_type, values });
+                types.iter_mut().filter(|t| matches!(t, 3 | 4)).for_each(|t| *t = 1);
                 Ok(())
             }
             Fault::SetMetadata(key, value) => {

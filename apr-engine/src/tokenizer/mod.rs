@@ -71,7 +71,7 @@ impl Tokenizer {
         let pre_name = vocab::required_str(meta, vocab::KEY_PRE)?;
         let pre = PreTokenizer::from_name(pre_name).ok_or_else(|| TokenizerError::UnsupportedPre(pre_name.into()))?;
         let texts = vocab::token_texts(meta)?;
-        let merges = bpe::Merges::new(vocab::string_array(meta, vocab::KEY_MERGES)?)
+        let merges = bpe::Merges::new(vocab::string_array(meta, vocab::KEY_MERGES)?.iter().map(String::as_str))
             .map_err(|e| TokenizerError::malformed(vocab::KEY_MERGES, e.to_string()))?;
         let mut attrs = vocab::token_attrs(meta, texts.len())?;
         let id_of_text = vocab::ids_by_text(&texts);

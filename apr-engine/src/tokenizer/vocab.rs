@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::{bytelevel, TokenizerError};
-use crate::container::{MetaValue, Metadata};
+use crate::container::{MetaArray, MetaValue, Metadata};
 
 pub const KEY_MODEL: &str = "tokenizer.ggml.model";
 pub const KEY_PRE: &str = "tokenizer.ggml.pre";
@@ -70,24 +70,25 @@ pub fn optional_bool(meta: &Metadata, key: &'static str) -> Result<Option<bool>,
 }
 
 /// The elements of a string array.
-pub fn string_array<'m>(
-    meta: &'m Metadata,
-    key: &'static str,
-) -> Result<impl Iterator<Item = &'m str> + 'm, TokenizerError> {
-    let values = meta.get(key).ok_or(TokenizerError::Missing { key })?;
-    let values = values
+pub fn string_array<'m>(meta: &'m Metadata, key: &'static str) -> Result<&'m [String], TokenizerError> {
+    let array = array(meta, key)?;
+    array.as_strings().ok_or_else(|| {
+        TokenizerError::malformed(key, format!("expected an array of strings, found one of {:?}", array.elem_type()))
+    })
+}
+
+fn array<'m>(meta: &'m Metadata, key: &'static str) -> Result<&'m MetaArray, TokenizerError> {
+    let value = meta.get(key).ok_or(TokenizerError::Missing { key })?;
+    value
         .as_array()
-        .ok_or_else(|| TokenizerError::malformed(key, format!("expected an array, found {:?}", values.meta_type())))?;
-    if let Some((index, bad)) = values.iter().enumerate().find(|(_, v)| v.as_str().is_none()) {
-        return Err(TokenizerError::malformed(key, format!("element {index} is {:?}, not a string", bad.meta_type())));
-    }
-    Ok(values.iter().filter_map(MetaValue::as_str))
+        .ok_or_else(|| TokenizerError::malformed(key, format!("expected an array, found {:?}", value.meta_type())))
 }
 
 /// Token texts; an empty one becomes `[EMPTY_<id>]` as in llama.cpp, so that no
 /// special token matches the empty string.
 pub fn token_texts(meta: &Metadata) -> Result<Vec<String>, TokenizerError> {
     let texts: Vec<String> = string_array(meta, KEY_TOKENS)?
+        .iter()
         .enumerate()
         .map(|(id, text)| if text.is_empty() { format!("[EMPTY_{id}]") } else { text.to_string() })
         .collect();
@@ -103,17 +104,15 @@ pub fn token_texts(meta: &Metadata) -> Result<Vec<String>, TokenizerError> {
 /// Attributes from `tokenizer.ggml.token_type`; all normal when the key is absent.
 pub fn token_attrs(meta: &Metadata, n_tokens: usize) -> Result<Vec<TokenAttr>, TokenizerError> {
     let key = KEY_TOKEN_TYPE;
-    let Some(value) = meta.get(key) else {
+    if meta.get(key).is_none() {
         return Ok(vec![TokenAttr::NORMAL; n_tokens]);
-    };
-    let types = value
-        .as_array()
-        .ok_or_else(|| TokenizerError::malformed(key, format!("expected an array, found {:?}", value.meta_type())))?;
+    }
+    let types = array(meta, key)?;
     if types.len() != n_tokens {
         return Err(TokenizerError::malformed(key, format!("{} types for {n_tokens} tokens", types.len())));
     }
-    types[..n_tokens]
-        .iter()
+    types
+        .values()
         .enumerate()
         .map(|(id, t)| match t.as_f64() {
             Some(v) if (0.0..=6.0).contains(&v) && v.fract() == 0.0 => Ok(TokenAttr::from_token_type(v as i64)),

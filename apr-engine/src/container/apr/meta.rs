@@ -14,7 +14,7 @@
 
 use serde_json::{Map, Value as Json};
 
-use crate::container::{qk_order, MetaType, MetaValue, Metadata, QkRowOrder};
+use crate::container::{qk_order, MetaArray, MetaType, MetaValue, Metadata, QkRowOrder};
 use crate::error::{Error, ParseError};
 
 /// Top-level key of the typed GGUF entries.
@@ -82,20 +82,15 @@ pub struct TensorSummary {
 /// whether it embeds a tokenizer.
 pub fn to_json(meta: &Metadata, summary: &TensorSummary, row_order: QkRowOrder) -> Result<(Vec<u8>, bool), Error> {
     let mut top = Map::new();
-    put_model_fields(meta, summary, row_order, &mut top).map_err(Error::Invalid)?;
-    put_tokenizer_fields(meta, &mut top).map_err(Error::Invalid)?;
-    top.insert(GGUF_KEY.into(), gguf_entries(meta).map_err(Error::Invalid)?);
+    put_model_fields(meta, summary, row_order, &mut top);
+    put_tokenizer_fields(meta, &mut top);
+    top.insert(GGUF_KEY.into(), gguf_entries(meta));
     let has_vocab = top.contains_key(VOCAB_KEY);
     let bytes = serde_json::to_vec(&Json::Object(top)).map_err(|e| Error::Invalid(format!("metadata JSON: {e}")))?;
     Ok((bytes, has_vocab))
 }
 
-fn put_model_fields(
-    meta: &Metadata,
-    summary: &TensorSummary,
-    row_order: QkRowOrder,
-    top: &mut Map<String, Json>,
-) -> Result<(), String> {
+fn put_model_fields(meta: &Metadata, summary: &TensorSummary, row_order: QkRowOrder, top: &mut Map<String, Json>) {
     let arch = meta.architecture();
     if let Some(arch) = arch {
         top.insert("model_type".into(), arch.into());
@@ -103,12 +98,12 @@ fn put_model_fields(
     if let Some(name) = meta.get_str("general.name") {
         top.insert("name".into(), name.into());
     }
-    let Some(arch) = arch else { return Ok(()) };
+    let Some(arch) = arch else { return };
     top.insert("architecture".into(), arch.into());
     for &(field, suffix, _) in MODEL_FIELDS {
         let value = meta.get(&format!("{arch}.{suffix}"));
         if let Some(number) = value.filter(|v| v.as_f64().is_some()) {
-            top.insert(field.into(), encode(number)?);
+            top.insert(field.into(), encode(number));
         } else if field == "vocab_size" {
             let tokens = meta.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array).map(|t| t.len() as u64);
             if let Some(rows) = tokens.or(summary.embedding_rows) {
@@ -128,28 +123,27 @@ fn put_model_fields(
     if !specials.is_empty() {
         top.insert("special_tokens".into(), Json::Object(specials));
     }
-    Ok(())
 }
 
 /// aprender's `special_tokens`: the strings of the tokens the GGUF ids name.
 fn special_tokens(meta: &Metadata) -> Map<String, Json> {
-    let tokens = meta.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array).unwrap_or_default();
+    let tokens = meta.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array).and_then(MetaArray::as_strings);
+    let tokens = tokens.unwrap_or_default();
     SPECIAL_TOKENS
         .iter()
         .filter_map(|&(name, id_key)| {
             let id = usize::try_from(meta.get_u64(id_key)?).ok()?;
-            Some((name.to_string(), Json::from(tokens.get(id)?.as_str()?)))
+            Some((name.to_string(), Json::from(tokens.get(id)?.as_str())))
         })
         .collect()
 }
 
-fn put_tokenizer_fields(meta: &Metadata, top: &mut Map<String, Json>) -> Result<(), String> {
+fn put_tokenizer_fields(meta: &Metadata, top: &mut Map<String, Json>) {
     for &(gguf_key, apr_key, ..) in TOKENIZER_FIELDS {
         if let Some(value) = meta.get(gguf_key) {
-            top.insert(apr_key.into(), encode(value).map_err(|e| format!("{gguf_key}: {e}"))?);
+            top.insert(apr_key.into(), encode(value));
         }
     }
-    Ok(())
 }
 
 /// The APR key that holds a GGUF tokenizer key's value, if it is one.
@@ -157,22 +151,22 @@ fn tokenizer_home(gguf_key: &str) -> Option<&'static str> {
     TOKENIZER_FIELDS.iter().find(|(g, ..)| *g == gguf_key).map(|&(_, apr, ..)| apr)
 }
 
-fn gguf_entries(meta: &Metadata) -> Result<Json, String> {
+fn gguf_entries(meta: &Metadata) -> Json {
     let mut entries = Vec::with_capacity(meta.len());
     for (key, value) in &meta.entries {
         let mut entry = Map::new();
         entry.insert("key".into(), key.as_str().into());
         entry.insert("type".into(), type_name(value.meta_type()).into());
-        if let MetaValue::Array { elem_type, .. } = value {
-            entry.insert("elem_type".into(), type_name(*elem_type).into());
+        if let MetaValue::Array(array) = value {
+            entry.insert("elem_type".into(), type_name(array.elem_type()).into());
         }
         match tokenizer_home(key) {
             Some(apr_key) => entry.insert("value_at".into(), apr_key.into()),
-            None => entry.insert("value".into(), encode(value).map_err(|e| format!("{key}: {e}"))?),
+            None => entry.insert("value".into(), encode(value)),
         };
         entries.push(Json::Object(entry));
     }
-    Ok(Json::Array(entries))
+    Json::Array(entries)
 }
 
 fn type_name(ty: MetaType) -> &'static str {
@@ -203,8 +197,8 @@ fn parse_type(json: &Json) -> Result<MetaType, String> {
 
 /// A value as JSON. Arrays hold their elements; an element that is itself an
 /// array carries its own element type: `{"elem_type": "u32", "value": [...]}`.
-fn encode(value: &MetaValue) -> Result<Json, String> {
-    Ok(match value {
+fn encode(value: &MetaValue) -> Json {
+    match value {
         MetaValue::U8(v) => Json::from(*v),
         MetaValue::I8(v) => Json::from(*v),
         MetaValue::U16(v) => Json::from(*v),
@@ -217,30 +211,22 @@ fn encode(value: &MetaValue) -> Result<Json, String> {
         MetaValue::F64(v) => encode_f64(*v),
         MetaValue::Bool(v) => Json::from(*v),
         MetaValue::String(v) => Json::from(v.as_str()),
-        MetaValue::Array { elem_type, values } => {
-            let mut items = Vec::with_capacity(values.len());
-            for item in values {
-                if item.meta_type() != *elem_type {
-                    let (want, got) = (type_name(*elem_type), type_name(item.meta_type()));
-                    return Err(format!("array of {want} holds a {got}"));
-                }
-                items.push(encode_element(item)?);
-            }
-            Json::Array(items)
-        }
-    })
+        MetaValue::Array(array) => encode_array(array),
+    }
 }
 
-fn encode_element(item: &MetaValue) -> Result<Json, String> {
-    match item {
-        MetaValue::Array { elem_type, .. } => {
-            let mut nested = Map::new();
-            nested.insert("elem_type".into(), type_name(*elem_type).into());
-            nested.insert("value".into(), encode(item)?);
-            Ok(Json::Object(nested))
-        }
-        _ => encode(item),
+fn encode_array(array: &MetaArray) -> Json {
+    match array {
+        MetaArray::Array(nested) => nested.iter().map(encode_nested).collect(),
+        scalars => scalars.values().map(|v| encode(&v)).collect(),
     }
+}
+
+fn encode_nested(array: &MetaArray) -> Json {
+    let mut nested = Map::new();
+    nested.insert("elem_type".into(), type_name(array.elem_type()).into());
+    nested.insert("value".into(), encode_array(array));
+    Json::Object(nested)
 }
 
 /// An f32 as the shortest decimal that reads back to the same bits (as f64,
@@ -305,8 +291,12 @@ fn decode(ty: MetaType, elem: Option<MetaType>, json: &Json) -> Result<MetaValue
         MetaType::Array => {
             let elem_type = elem.ok_or("array without elem_type")?;
             let items = json.as_array().ok_or_else(wrong)?;
-            let values = items.iter().map(|item| decode_element(elem_type, item)).collect::<Result<_, _>>()?;
-            MetaValue::Array { elem_type, values }
+            let mut array = MetaArray::with_capacity(elem_type, items.len());
+            for item in items {
+                let value = decode_element(elem_type, item)?;
+                array.push(value).expect("decode gives a value of the type it is asked for");
+            }
+            MetaValue::Array(array)
         }
     })
 }
@@ -465,8 +455,8 @@ fn check_agreement(typed: &Metadata, from_fields: &Metadata) -> Result<(), Strin
         if !same_value(typed_value, field_value) {
             return Err(format!(
                 "aprender field for '{key}' says {} but {GGUF_KEY} says {}",
-                preview(&encode(field_value).unwrap_or(Json::Null)),
-                preview(&encode(typed_value).unwrap_or(Json::Null))
+                preview(&encode(field_value)),
+                preview(&encode(typed_value))
             ));
         }
     }
@@ -479,7 +469,7 @@ fn same_value(a: &MetaValue, b: &MetaValue) -> bool {
     match (a.as_f64(), b.as_f64()) {
         // NaN equals NaN here: both sides saying NaN agree (a float `==` would not).
         (Some(x), Some(y)) => x == y || (x as f32) == (y as f32) || (x.is_nan() && y.is_nan()),
-        _ => matches!((encode(a), encode(b)), (Ok(x), Ok(y)) if x == y),
+        _ => encode(a) == encode(b),
     }
 }
 
@@ -509,18 +499,9 @@ mod tests {
         meta.insert("llama.rope.freq_base", MetaValue::F32(500000.0));
         meta.insert("tokenizer.ggml.tokens", MetaValue::string_array(["<s>".into(), "</s>".into(), "a".into()]));
         meta.insert("tokenizer.ggml.bos_token_id", MetaValue::U32(0));
-        meta.insert(
-            "tokenizer.ggml.scores",
-            MetaValue::Array { elem_type: MetaType::F32, values: vec![MetaValue::F32(-1.5); 3] },
-        );
-        let nested = MetaValue::Array {
-            elem_type: MetaType::Array,
-            values: vec![
-                MetaValue::Array { elem_type: MetaType::U8, values: vec![MetaValue::U8(1), MetaValue::U8(2)] },
-                MetaValue::Array { elem_type: MetaType::I64, values: vec![] },
-            ],
-        };
-        meta.insert("nested", nested);
+        meta.insert("tokenizer.ggml.scores", MetaValue::Array(MetaArray::F32(vec![-1.5; 3])));
+        let nested = MetaArray::Array(vec![MetaArray::U8(vec![1, 2]), MetaArray::I64(vec![])]);
+        meta.insert("nested", MetaValue::Array(nested));
         meta
     }
 
@@ -536,7 +517,7 @@ mod tests {
         assert_eq!(back.metadata.entries.keys().collect::<Vec<_>>(), meta.entries.keys().collect::<Vec<_>>());
         for (key, value) in &meta.entries {
             let got = back.metadata.get(key).unwrap();
-            assert_eq!(encode(got).unwrap(), encode(value).unwrap(), "{key}");
+            assert_eq!(encode(got), encode(value), "{key}");
             assert_eq!(got.meta_type(), value.meta_type(), "{key}");
         }
         assert_eq!(back.metadata.get("f32.neg_zero").map(|v| format!("{v:?}")), Some("F32(-0.0)".into()));
@@ -607,6 +588,7 @@ mod tests {
             (br#"{"gguf_metadata":[{"key":"a","type":"u9","value":1}]}"#, "unknown type"),
             (br#"{"gguf_metadata":[{"key":"a","type":"u8","value":1},{"key":"a","type":"u8","value":1}]}"#, "duplicate"),
             (br#"{"gguf_metadata":[{"key":"a","type":"array","value":[1]}]}"#, "elem_type"),
+            (br#"{"gguf_metadata":[{"key":"a","type":"array","elem_type":"u8","value":[1,true]}]}"#, "expected u8"),
             (br#"{"gguf_metadata":[{"key":"tokenizer.ggml.tokens","type":"array","elem_type":"string","value_at":"tokenizer.vocabulary"}]}"#, "missing"),
             (br#"{"gguf_metadata":[{"key":"a","type":"string","value_at":"tokenizer.vocabulary"}]}"#, "not the field"),
             (br#"{"hidden_size":"big","architecture":"x"}"#, "hidden_size"),
@@ -618,13 +600,5 @@ mod tests {
             assert_eq!(err.field, "metadata");
             assert!(err.reason.contains(needle), "{} -> {err}", String::from_utf8_lossy(json));
         }
-    }
-
-    #[test]
-    fn mistyped_arrays_are_refused_by_the_writer() {
-        let mut meta = Metadata::default();
-        meta.insert("bad", MetaValue::Array { elem_type: MetaType::U8, values: vec![MetaValue::Bool(true)] });
-        let err = to_json(&meta, &TensorSummary::default(), QkRowOrder::HuggingFace).unwrap_err();
-        assert!(err.to_string().contains("array of u8 holds a bool"), "{err}");
     }
 }

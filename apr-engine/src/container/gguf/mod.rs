@@ -69,7 +69,7 @@ mod tests {
     /// larger than the writer's, valid files with many small values would be refused.
     #[test]
     fn smallest_encodings_agree_between_reader_and_writer() {
-        use crate::container::MetaType;
+        use crate::container::MetaArray;
         let smallest = [
             MetaValue::U8(0),
             MetaValue::I8(0),
@@ -80,14 +80,14 @@ mod tests {
             MetaValue::F32(0.0),
             MetaValue::Bool(false),
             MetaValue::String(String::new()),
-            MetaValue::Array { elem_type: MetaType::U8, values: vec![] },
+            MetaValue::Array(MetaArray::U8(vec![])),
             MetaValue::U64(0),
             MetaValue::I64(0),
             MetaValue::F64(0.0),
         ];
         for value in smallest {
             let mut buf = Vec::new();
-            writer::put_value(&mut buf, &value, 0).unwrap();
+            writer::put_value(&mut buf, &value).unwrap();
             assert_eq!(buf.len() as u64, reader::encoded_size_at_least(value.meta_type()), "{value:?}");
         }
     }

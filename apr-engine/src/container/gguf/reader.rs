@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::{align_up, alignment_of, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 use crate::container::cursor::Cursor;
-use crate::container::{names, Format, MetaType, MetaValue, Metadata, Parsed, QkRowOrder, TensorInfo};
+use crate::container::{names, Format, MetaArray, MetaType, MetaValue, Metadata, Parsed, QkRowOrder, TensorInfo};
 use crate::dtype::DType;
 use crate::error::ParseError;
 
@@ -140,7 +140,7 @@ fn read_metadata(cur: &mut Cursor, count: usize) -> Result<(Metadata, u64), Pars
         let type_field = format!("metadata '{key}' type");
         let type_at = cur.pos();
         let value_type = read_meta_type(cur, &type_field, type_at)?;
-        let value = read_value(cur, value_type, &format!("metadata '{key}' value"), 0)?;
+        let value = read_value(cur, value_type, &format!("metadata '{key}' value"))?;
         if key == ALIGNMENT_KEY {
             alignment = alignment_of(&value).map_err(|reason| ParseError::new(ALIGNMENT_KEY, key_at, reason))?;
         }
@@ -154,8 +154,8 @@ fn read_meta_type(cur: &mut Cursor, field: &str, at: u64) -> Result<MetaType, Pa
     MetaType::from_id(id).ok_or_else(|| ParseError::new(field, at, format!("unknown metadata value type {id}")))
 }
 
-/// One value of a known type; `depth` counts the arrays it is nested in.
-fn read_value(cur: &mut Cursor, value_type: MetaType, field: &str, depth: usize) -> Result<MetaValue, ParseError> {
+/// One key's value, of a known type.
+fn read_value(cur: &mut Cursor, value_type: MetaType, field: &str) -> Result<MetaValue, ParseError> {
     Ok(match value_type {
         MetaType::U8 => MetaValue::U8(cur.u8(field)?),
         MetaType::I8 => MetaValue::I8(cur.i8(field)?),
@@ -167,35 +167,81 @@ fn read_value(cur: &mut Cursor, value_type: MetaType, field: &str, depth: usize)
         MetaType::U64 => MetaValue::U64(cur.u64(field)?),
         MetaType::I64 => MetaValue::I64(cur.i64(field)?),
         MetaType::F64 => MetaValue::F64(cur.f64(field)?),
-        MetaType::Bool => read_bool(cur, field)?,
+        MetaType::Bool => {
+            let at = cur.pos();
+            MetaValue::Bool(bool_of(cur.u8(field)?, field, at)?)
+        }
         MetaType::String => MetaValue::String(read_string(cur, field)?.to_string()),
-        MetaType::Array => read_array(cur, field, depth)?,
+        MetaType::Array => MetaValue::Array(read_array(cur, field, 0)?),
     })
 }
 
 /// A bool is one byte, 0 or 1; anything else could not be written back as read.
-fn read_bool(cur: &mut Cursor, field: &str) -> Result<MetaValue, ParseError> {
-    let at = cur.pos();
-    match cur.u8(field)? {
-        0 => Ok(MetaValue::Bool(false)),
-        1 => Ok(MetaValue::Bool(true)),
+fn bool_of(byte: u8, field: &str, at: u64) -> Result<bool, ParseError> {
+    match byte {
+        0 => Ok(false),
+        1 => Ok(true),
         other => Err(ParseError::new(field, at, format!("bool byte is {other}, not 0 or 1"))),
     }
 }
 
-/// An array: element type, `u64` count, elements (which may be arrays themselves).
-fn read_array(cur: &mut Cursor, field: &str, depth: usize) -> Result<MetaValue, ParseError> {
+/// An array: element type, `u64` count, elements (which may be arrays
+/// themselves); `depth` counts the arrays it is nested in. Numbers and bools
+/// are read in one piece into a vector of their own type.
+fn read_array(cur: &mut Cursor, field: &str, depth: usize) -> Result<MetaArray, ParseError> {
     let at = cur.pos();
     if depth >= MAX_ARRAY_DEPTH {
         return Err(ParseError::new(field, at, format!("arrays nested more than {MAX_ARRAY_DEPTH} deep")));
     }
     let elem_type = read_meta_type(cur, field, at)?;
     let count = read_count(cur, field, encoded_size_at_least(elem_type))?;
-    let mut values = Vec::with_capacity(count.min(MAX_RESERVE));
-    for _ in 0..count {
-        values.push(read_value(cur, elem_type, field, depth + 1)?);
-    }
-    Ok(MetaValue::Array { elem_type, values })
+    Ok(match elem_type {
+        MetaType::U8 => MetaArray::U8(cur.take(count, field)?.to_vec()),
+        MetaType::I8 => MetaArray::I8(read_numbers(cur, count, field, i8::from_le_bytes)?),
+        MetaType::U16 => MetaArray::U16(read_numbers(cur, count, field, u16::from_le_bytes)?),
+        MetaType::I16 => MetaArray::I16(read_numbers(cur, count, field, i16::from_le_bytes)?),
+        MetaType::U32 => MetaArray::U32(read_numbers(cur, count, field, u32::from_le_bytes)?),
+        MetaType::I32 => MetaArray::I32(read_numbers(cur, count, field, i32::from_le_bytes)?),
+        MetaType::F32 => MetaArray::F32(read_numbers(cur, count, field, f32::from_le_bytes)?),
+        MetaType::U64 => MetaArray::U64(read_numbers(cur, count, field, u64::from_le_bytes)?),
+        MetaType::I64 => MetaArray::I64(read_numbers(cur, count, field, i64::from_le_bytes)?),
+        MetaType::F64 => MetaArray::F64(read_numbers(cur, count, field, f64::from_le_bytes)?),
+        MetaType::Bool => {
+            let start = cur.pos();
+            let bytes = cur.take(count, field)?;
+            let bools = bytes.iter().zip(start..).map(|(&byte, at)| bool_of(byte, field, at));
+            MetaArray::Bool(bools.collect::<Result<_, _>>()?)
+        }
+        // A string or an array is larger parsed than encoded, so these grow as
+        // they are read rather than reserving what the count asks for.
+        MetaType::String => {
+            let mut strings = Vec::with_capacity(count.min(MAX_RESERVE));
+            for _ in 0..count {
+                strings.push(read_string(cur, field)?.to_string());
+            }
+            MetaArray::String(strings)
+        }
+        MetaType::Array => {
+            let mut arrays = Vec::with_capacity(count.min(MAX_RESERVE));
+            for _ in 0..count {
+                arrays.push(read_array(cur, field, depth + 1)?);
+            }
+            MetaArray::Array(arrays)
+        }
+    })
+}
+
+/// `count` little-endian numbers of `N` bytes each. The count was checked
+/// against the bytes that remain, so the vector is no larger than those bytes.
+fn read_numbers<T, const N: usize>(
+    cur: &mut Cursor,
+    count: usize,
+    field: &str,
+    from_le_bytes: fn([u8; N]) -> T,
+) -> Result<Vec<T>, ParseError> {
+    // Saturating: were the count not checked, `take` would refuse it rather than wrap.
+    let bytes = cur.take(count.saturating_mul(N), field)?;
+    Ok(bytes.chunks_exact(N).map(|chunk| from_le_bytes(chunk.try_into().expect("chunks of N bytes"))).collect())
 }
 
 /// The fewest bytes one value of `t` takes in the file.

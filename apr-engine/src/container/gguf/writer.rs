@@ -14,7 +14,8 @@ use super::{
     align_up, alignment_of, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, WRITE_VERSION,
 };
 use crate::container::{
-    names, qk_order, write_model_atomically, MetaValue, Metadata, Progress, QkRowOrder, TensorSource, WriteOptions,
+    names, qk_order, write_model_atomically, MetaArray, MetaValue, Metadata, Progress, QkRowOrder, TensorSource,
+    WriteOptions,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -94,7 +95,7 @@ fn encode_header(metadata: &Metadata, placements: &[Placement], alignment: u64) 
     for (key, value) in &metadata.entries {
         put_string(&mut buf, key);
         buf.extend_from_slice(&(value.meta_type() as u32).to_le_bytes());
-        put_value(&mut buf, value, 0).map_err(|reason| Error::Invalid(format!("metadata '{key}': {reason}")))?;
+        put_value(&mut buf, value).map_err(|reason| Error::Invalid(format!("metadata '{key}': {reason}")))?;
     }
     for placement in placements {
         put_tensor_info(&mut buf, placement);
@@ -110,7 +111,7 @@ fn put_string(buf: &mut Vec<u8>, s: &str) {
 }
 
 /// A value without its type id (which the key-value pair or the array carries).
-pub(super) fn put_value(buf: &mut Vec<u8>, value: &MetaValue, depth: usize) -> std::result::Result<(), String> {
+pub(super) fn put_value(buf: &mut Vec<u8>, value: &MetaValue) -> std::result::Result<(), String> {
     match value {
         MetaValue::U8(v) => buf.push(*v),
         MetaValue::I8(v) => buf.extend_from_slice(&v.to_le_bytes()),
@@ -124,21 +125,45 @@ pub(super) fn put_value(buf: &mut Vec<u8>, value: &MetaValue, depth: usize) -> s
         MetaValue::F64(v) => buf.extend_from_slice(&v.to_le_bytes()),
         MetaValue::Bool(v) => buf.push(u8::from(*v)),
         MetaValue::String(s) => put_string(buf, s),
-        MetaValue::Array { elem_type, values } => {
-            if depth >= MAX_ARRAY_DEPTH {
-                return Err(format!("arrays nested more than {MAX_ARRAY_DEPTH} deep"));
-            }
-            buf.extend_from_slice(&(*elem_type as u32).to_le_bytes());
-            buf.extend_from_slice(&(values.len() as u64).to_le_bytes());
-            for element in values {
-                if element.meta_type() != *elem_type {
-                    return Err(format!("array of {elem_type:?} holds a {:?}", element.meta_type()));
-                }
-                put_value(buf, element, depth + 1)?;
+        MetaValue::Array(array) => put_array(buf, array, 0)?,
+    }
+    Ok(())
+}
+
+/// Element type, count, elements; `depth` counts the arrays it is nested in.
+fn put_array(buf: &mut Vec<u8>, array: &MetaArray, depth: usize) -> std::result::Result<(), String> {
+    if depth >= MAX_ARRAY_DEPTH {
+        return Err(format!("arrays nested more than {MAX_ARRAY_DEPTH} deep"));
+    }
+    buf.extend_from_slice(&(array.elem_type() as u32).to_le_bytes());
+    buf.extend_from_slice(&(array.len() as u64).to_le_bytes());
+    match array {
+        MetaArray::U8(values) => buf.extend_from_slice(values),
+        MetaArray::I8(values) => put_numbers(buf, values, i8::to_le_bytes),
+        MetaArray::U16(values) => put_numbers(buf, values, u16::to_le_bytes),
+        MetaArray::I16(values) => put_numbers(buf, values, i16::to_le_bytes),
+        MetaArray::U32(values) => put_numbers(buf, values, u32::to_le_bytes),
+        MetaArray::I32(values) => put_numbers(buf, values, i32::to_le_bytes),
+        MetaArray::F32(values) => put_numbers(buf, values, f32::to_le_bytes),
+        MetaArray::U64(values) => put_numbers(buf, values, u64::to_le_bytes),
+        MetaArray::I64(values) => put_numbers(buf, values, i64::to_le_bytes),
+        MetaArray::F64(values) => put_numbers(buf, values, f64::to_le_bytes),
+        MetaArray::Bool(values) => buf.extend(values.iter().map(|&v| u8::from(v))),
+        MetaArray::String(values) => values.iter().for_each(|s| put_string(buf, s)),
+        MetaArray::Array(arrays) => {
+            for nested in arrays {
+                put_array(buf, nested, depth + 1)?;
             }
         }
     }
     Ok(())
+}
+
+fn put_numbers<T: Copy, const N: usize>(buf: &mut Vec<u8>, values: &[T], to_le_bytes: fn(T) -> [u8; N]) {
+    buf.reserve(values.len() * N);
+    for &value in values {
+        buf.extend_from_slice(&to_le_bytes(value));
+    }
 }
 
 /// Name, dimension count, dimensions innermost first, type id, relative offset.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 
 use super::{Doc, HfError};
-use crate::container::{MetaType, MetaValue, Metadata};
+use crate::container::{MetaArray, MetaValue, Metadata};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const NORMAL: i32 = 1;
@@ -45,9 +45,9 @@ impl<'a> Vocab<'a> {
             return None;
         }
         let tokens: Vec<&str> =
-            meta.get("tokenizer.ggml.tokens")?.as_array()?.iter().map(MetaValue::as_str).collect::<Option<_>>()?;
+            meta.get("tokenizer.ggml.tokens")?.as_array()?.as_strings()?.iter().map(String::as_str).collect();
         let types = match meta.get("tokenizer.ggml.token_type").and_then(MetaValue::as_array) {
-            Some(types) => types.iter().map(|t| t.as_f64().map_or(NORMAL, |v| v as i32)).collect(),
+            Some(types) => types.values().map(|t| t.as_f64().map_or(NORMAL, |v| v as i32)).collect(),
             None => vec![NORMAL; tokens.len()],
         };
         (types.len() == tokens.len()).then_some(Vocab { tokens, types })
@@ -83,7 +83,8 @@ pub fn export_tokenizer(meta: &Metadata) -> Option<Value> {
     let merges: Vec<&str> = meta
         .get("tokenizer.ggml.merges")
         .and_then(MetaValue::as_array)
-        .map(|m| m.iter().filter_map(MetaValue::as_str).collect())
+        .and_then(MetaArray::as_strings)
+        .map(|m| m.iter().map(String::as_str).collect())
         .unwrap_or_default();
     let pre = meta.get_str("tokenizer.ggml.pre").unwrap_or("default");
     Some(json!({
@@ -168,7 +169,7 @@ fn post_processor(meta: &Metadata, vocab: &Vocab) -> Value {
 
 /// `tokenizer_config.json`: special tokens by content, switches, chat template.
 pub fn export_tokenizer_config(meta: &Metadata) -> Option<Value> {
-    let tokens = meta.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array)?;
+    let tokens = meta.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array)?.as_strings().unwrap_or_default();
     let mut config = Map::new();
     for &(field, key) in SWITCHES {
         if let Some(MetaValue::Bool(on)) = meta.get(key) {
@@ -176,7 +177,7 @@ pub fn export_tokenizer_config(meta: &Metadata) -> Option<Value> {
         }
     }
     for &(field, _, key) in SPECIAL {
-        let content = meta.get_u64(key).and_then(|id| tokens.get(id as usize)).and_then(MetaValue::as_str);
+        let content = meta.get_u64(key).and_then(|id| tokens.get(id as usize)).map(String::as_str);
         config.insert(field.into(), content.map_or(Value::Null, |c| json!(c)));
     }
     if let Some(template) = meta.get_str("tokenizer.chat_template") {
@@ -213,8 +214,7 @@ pub fn import(
         };
         meta.insert("tokenizer.ggml.pre", MetaValue::String(pre.into()));
         meta.insert("tokenizer.ggml.tokens", MetaValue::string_array(tokens));
-        let types = types.into_iter().map(MetaValue::I32).collect();
-        meta.insert("tokenizer.ggml.token_type", MetaValue::Array { elem_type: MetaType::I32, values: types });
+        meta.insert("tokenizer.ggml.token_type", MetaValue::Array(MetaArray::I32(types)));
         meta.insert("tokenizer.ggml.merges", MetaValue::string_array(read_merges(tokenizer)?));
     }
     for &(field, id_field, key) in SPECIAL {

@@ -5,17 +5,21 @@
 
 use serde_json::{json, Value};
 
-use crate::container::{MetaType, MetaValue};
+use crate::container::{MetaArray, MetaType, MetaValue};
 
 pub fn encode(value: &MetaValue) -> Value {
     match value {
-        MetaValue::Array { elem_type, values } => {
-            let items: Vec<Value> =
-                values.iter().map(|v| if *elem_type == MetaType::Array { encode(v) } else { plain(v) }).collect();
-            json!({ "type": type_name(MetaType::Array), "elem_type": type_name(*elem_type), "value": items })
-        }
+        MetaValue::Array(array) => encode_array(array),
         scalar => json!({ "type": type_name(scalar.meta_type()), "value": plain(scalar) }),
     }
+}
+
+fn encode_array(array: &MetaArray) -> Value {
+    let items: Vec<Value> = match array {
+        MetaArray::Array(nested) => nested.iter().map(encode_array).collect(),
+        scalars => scalars.values().map(|v| plain(&v)).collect(),
+    };
+    json!({ "type": type_name(MetaType::Array), "elem_type": type_name(array.elem_type()), "value": items })
 }
 
 pub fn decode(value: &Value) -> Result<MetaValue, String> {
@@ -27,11 +31,13 @@ pub fn decode(value: &Value) -> Result<MetaValue, String> {
     let elem_type =
         value.get("elem_type").ok_or_else(|| "array without \"elem_type\"".to_string()).and_then(parse_type)?;
     let items = inner.as_array().ok_or("array value is not a JSON array")?;
-    let values = items
-        .iter()
-        .map(|item| if elem_type == MetaType::Array { decode(item) } else { scalar(elem_type, item) })
-        .collect::<Result<_, _>>()?;
-    Ok(MetaValue::Array { elem_type, values })
+    let mut array = MetaArray::with_capacity(elem_type, items.len());
+    for item in items {
+        let value = if elem_type == MetaType::Array { decode(item)? } else { scalar(elem_type, item)? };
+        // An element of an array of arrays names its own type, which may not be an array.
+        array.push(value).map_err(|found| format!("an array of arrays holds a {found:?}"))?;
+    }
+    Ok(MetaValue::Array(array))
 }
 
 fn type_name(meta_type: MetaType) -> Value {
@@ -58,7 +64,7 @@ fn plain(value: &MetaValue) -> Value {
         MetaValue::F64(v) => float(*v, v.to_string()),
         MetaValue::Bool(v) => json!(v),
         MetaValue::String(v) => json!(v),
-        MetaValue::Array { .. } => encode(value),
+        MetaValue::Array(array) => encode_array(array),
     }
 }
 
@@ -121,11 +127,8 @@ mod tests {
             MetaValue::F64(0.1),
             MetaValue::Bool(true),
             MetaValue::String("llama".into()),
-            MetaValue::Array { elem_type: MetaType::I32, values: vec![MetaValue::I32(1), MetaValue::I32(-3)] },
-            MetaValue::Array {
-                elem_type: MetaType::Array,
-                values: vec![MetaValue::string_array(["a".to_string(), "b".to_string()])],
-            },
+            MetaValue::Array(MetaArray::I32(vec![1, -3])),
+            MetaValue::Array(MetaArray::Array(vec![MetaArray::String(vec!["a".into(), "b".into()])])),
         ];
         for value in values {
             let text = encode(&value).to_string();
@@ -141,5 +144,7 @@ mod tests {
         assert!(decode(&json!({"type": "f32", "value": "1.5"})).is_err());
         assert!(decode(&json!({"type": "q4", "value": 1})).is_err());
         assert!(decode(&json!({"type": "array", "value": [1]})).is_err());
+        let not_an_array = json!({"type": "array", "elem_type": "array", "value": [{"type": "u8", "value": 1}]});
+        assert!(decode(&not_an_array).unwrap_err().contains("arrays holds a U8"));
     }
 }
