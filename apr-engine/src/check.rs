@@ -17,6 +17,8 @@ pub struct Stage {
 }
 
 const PROBE_TEXT: &str = "Hello, world! 2+2=4";
+/// The user message rendered through the chat template for the generation stage.
+const CHAT_PROBE: &str = "What is 2+2?";
 
 /// Runs the stages in order; the last stage in the result is the first failure, if any.
 pub fn check(path: &Path) -> Vec<Stage> {
@@ -104,7 +106,15 @@ pub fn check(path: &Path) -> Vec<Stage> {
     ) {
         return stages;
     }
-    let prompt = pipeline.prompt_tokens("What is 2+2?", None, false).unwrap_or(ids);
+    let prompt = match pipeline.prompt_tokens(CHAT_PROBE, None, false) {
+        Ok(prompt) => prompt,
+        Err(e) => {
+            push("chat template", false, e.to_string());
+            return stages;
+        }
+    };
+    let how = if pipeline.chat_template().is_some() { "the model's template" } else { "no template: plain text" };
+    push("chat template", true, format!("{CHAT_PROBE:?} -> {} tokens ({how})", prompt.len()));
     let mut cache = pipeline.model.new_cache(prompt.len() + 8);
     let options = GenerateOptions { max_tokens: 8, sampling: SamplingParams::default(), logits_top_k: None };
     match generate(&pipeline.model, &mut cache, &prompt, &options, |t| pipeline.tokenizer.is_eog(t), |_| {}) {

@@ -44,6 +44,17 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
+
+    /// The error with the file it is about named in front, where it does not
+    /// name one already (checks of a parsed model's values know no path).
+    pub fn about_file(self, path: &std::path::Path) -> Error {
+        let shown = path.display().to_string();
+        match self {
+            Error::Invalid(why) if !why.contains(&shown) => Error::Invalid(format!("{shown}: {why}")),
+            Error::Unsupported(why) if !why.contains(&shown) => Error::Unsupported(format!("{shown}: {why}")),
+            named => named,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -22,7 +22,7 @@ impl Pipeline {
         let started = Instant::now();
         let file = ModelFile::open(path.as_ref())?;
         // The model first: its checks (the tokens array against the embedding) say more.
-        let model = Model::load(file, Box::new(Cpu))?;
+        let model = Model::load(file, Box::new(Cpu)).map_err(|e| e.about_file(path.as_ref()))?;
         let tokenizer = Tokenizer::from_metadata(model.file.metadata())
             .map_err(|e| Error::Invalid(format!("{}: tokenizer: {e}", path.as_ref().display())))?;
         Ok(Pipeline { model, tokenizer, load_time: started.elapsed() })

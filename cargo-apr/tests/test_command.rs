@@ -317,7 +317,9 @@ fn merged_shards_give_the_matrix_of_one_run() {
     let shard = |name: &str| dir.path().join(name);
 
     let whole = cargo_apr_test(&crate_dir, &shard("whole"), &[]).code(1);
-    cargo_apr_test(&crate_dir, &shard("one"), &["--", "--test", "passing"]).success();
+    let one = cargo_apr_test(&crate_dir, &shard("one"), &["--json", "--", "--test", "passing"]).success();
+    let printed: serde_json::Value = serde_json::from_slice(&one.get_output().stdout).expect("--json prints JSON only");
+    assert_eq!(printed["schema"], "apr.test.v1", "{printed}");
     cargo_apr_test(&crate_dir, &shard("two"), &["--", "--test", "failing", "--test", "plain"]).code(1);
     let merged = Command::cargo_bin("cargo-apr")
         .unwrap()

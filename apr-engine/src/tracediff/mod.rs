@@ -46,7 +46,7 @@ impl Side {
     pub fn open_on(path: &Path, backend: BackendKind) -> Result<Side> {
         let file = ModelFile::open(path)?;
         let tokenizer = Tokenizer::from_metadata(file.metadata()).map_err(|e| e.to_string());
-        Ok(Side { model: Model::load(file, backend.create()?)?, tokenizer })
+        Ok(Side { model: Model::load(file, backend.create()?).map_err(|e| e.about_file(path))?, tokenizer })
     }
 
     fn text(&self, token: u32) -> String {

@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let path = args.model.path();
     let file = opened(path, ModelFile::open(path))?;
     let size = file.file_size();
-    let model = Model::load(file, Box::new(Cpu))?;
+    let model = Model::load(file, Box::new(Cpu)).map_err(|e| e.about_file(args.model.path()))?;
     let load_s = started.elapsed().as_secs_f64();
     let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let table_row = |test: &str, result: &str| {

@@ -62,7 +62,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     };
     let path = args.model.path();
     let fast = Pipeline::open(path)?;
-    let exact = Model::load(apr_engine::ModelFile::open(path)?, BackendKind::CpuReference.create()?)?;
+    let exact = Model::load(apr_engine::ModelFile::open(path)?, BackendKind::CpuReference.create()?)
+        .map_err(|e| e.about_file(path))?;
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
     let chunks = Chunks::of_text(&fast.tokenizer, &text, n_ctx, args.chunks)
         .with_context(|| format!("{}", args.text.display()))?;

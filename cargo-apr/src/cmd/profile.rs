@@ -69,7 +69,8 @@ struct ProfileJson {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let threads = threads::configure(args.threads)?;
-    let model = Model::load(opened(args.model.path(), ModelFile::open(args.model.path()))?, Box::new(Cpu))?;
+    let model = Model::load(opened(args.model.path(), ModelFile::open(args.model.path()))?, Box::new(Cpu))
+        .map_err(|e| e.about_file(args.model.path()))?;
     let latencies = decode_latencies(&model, args.warmup, args.measure)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let total: Duration = latencies.iter().sum();

@@ -44,6 +44,9 @@ pub struct Args {
     /// What to print on stdout once the tests ran.
     #[arg(long, value_enum, default_value = "human")]
     format: OutputFormat,
+    /// Print the summary as JSON (the same as `--format json`, spelled as every other command spells it).
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
     /// Where junit.xml, summary.json and the model tests' reports (in reports/) go (default: <target>/apr).
     #[arg(long)]
     report_dir: Option<PathBuf>,
@@ -89,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         HarnessResults::Libtest(suites) => junit::from_libtest(&suites, &models, harness.succeeded),
         HarnessResults::Nextest(report) => junit::from_nextest(report, &models, harness.succeeded),
     };
-    write_outputs(&out, &junit, &summary, &models, args.format)?;
+    write_outputs(&out, &junit, &summary, &models, args.output_format())?;
     Ok(if summary.failed > 0 || !harness.succeeded { exit::FAILURE } else { exit::PASS })
 }
 
@@ -130,7 +133,7 @@ fn merge(args: &Args, workspace: &Workspace) -> anyhow::Result<u8> {
         std::fs::copy(&file, &target).with_context(|| format!("copying {} to {}", file.display(), target.display()))?;
     }
     let summary = Summary::of(&models, all_succeeded);
-    write_outputs(&out, &junit::merge(junits), &summary, &models, args.format)?;
+    write_outputs(&out, &junit::merge(junits), &summary, &models, args.output_format())?;
     Ok(if summary.failed > 0 || !all_succeeded { exit::FAILURE } else { exit::PASS })
 }
 
@@ -165,6 +168,16 @@ fn model_report_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(files)
+}
+
+impl Args {
+    fn output_format(&self) -> OutputFormat {
+        if self.json {
+            OutputFormat::Json
+        } else {
+            self.format
+        }
+    }
 }
 
 /// Writes `junit.xml` and `summary.json`, then prints the chosen form on stdout.
@@ -315,7 +328,7 @@ fn run_harness(args: &Args, workspace: &Workspace, out: &ReportDir) -> anyhow::R
         command.arg("--").args(test_side);
     }
     // Keep stdout for the JSON or JUnit document: the test output goes to stderr.
-    let echo_to_stdout = args.format == OutputFormat::Human;
+    let echo_to_stdout = args.output_format() == OutputFormat::Human;
     let (succeeded, suites) = run_and_read(command, echo_to_stdout)?;
     let results = match nextest {
         Some(junit) => HarnessResults::Nextest(junit.read()?),
