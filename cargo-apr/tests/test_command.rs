@@ -358,6 +358,45 @@ fn merged_shards_give_the_matrix_of_one_run() {
     assert!(shard("merged/reports/failing.corrupted_candidate_is_caught_cpu.json").is_file());
 }
 
+/// The same with nextest's own sharding: two `--partition hash:K/2` runs,
+/// merged, give the matrix, score and JUnit counts of one unpartitioned
+/// nextest run.
+#[test]
+fn nextest_partitions_merged_give_the_matrix_of_one_run() {
+    require_nextest();
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("downstream");
+    downstream_crate(&crate_dir);
+    std::fs::write(crate_dir.join("tests/failing.rs"), FAILING).unwrap();
+    std::fs::write(crate_dir.join("tests/plain.rs"), PLAIN).unwrap();
+    let shard = |name: &str| dir.path().join(name);
+
+    cargo_apr_test(&crate_dir, &shard("whole"), &["--nextest"]).code(1);
+    for k in 1..=2 {
+        let partition = format!("hash:{k}/2");
+        let run = cargo_apr_test(&crate_dir, &shard(&format!("part{k}")), &["--nextest", "--partition", &partition]);
+        let code = run.get_output().status.code();
+        assert!(matches!(code, Some(0 | 1)), "{partition}: exit {code:?}");
+    }
+    Command::cargo_bin("cargo-apr")
+        .unwrap()
+        .current_dir(&crate_dir)
+        .args(["apr", "test", "--merge"])
+        .args([shard("part1"), shard("part2")])
+        .arg("--report-dir")
+        .arg(shard("merged"))
+        .assert()
+        .code(1);
+
+    let (whole_tests, whole_summary, whole_all) = comparable(&shard("whole/summary.json"));
+    let (merged_tests, merged_summary, merged_all) = comparable(&shard("merged/summary.json"));
+    assert_eq!(merged_tests, whole_tests);
+    assert_eq!(merged_summary, whole_summary);
+    assert_eq!(merged_all, whole_all);
+    let junit = std::fs::read_to_string(shard("merged/junit.xml")).unwrap();
+    assert!(junit.contains(r#"tests="5" skipped="1" failures="2" errors="0""#), "{junit}");
+}
+
 #[test]
 fn outside_a_cargo_package_the_error_is_one_line_saying_so() {
     let dir = tempfile::tempdir().unwrap();

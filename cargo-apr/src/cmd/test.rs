@@ -232,6 +232,11 @@ impl ReportDir {
         self.root.join("nextest-tool-config.toml")
     }
 
+    /// Where nextest writes its own JUnit report in a `--nextest` run.
+    pub fn nextest_junit(&self) -> PathBuf {
+        self.root.join("nextest-junit.xml")
+    }
+
     /// Creates the folders, refuses to replace a `junit.xml` or `summary.json`
     /// apr did not write, and removes the model-test reports of an earlier run
     /// (they would be counted again); any other file stays.
@@ -304,7 +309,7 @@ pub fn optimization_overrides() -> Vec<String> {
 fn run_harness(args: &Args, workspace: &Workspace, out: &ReportDir) -> anyhow::Result<HarnessRun> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    let nextest = if args.nextest { Some(nextest::Junit::prepare(workspace, out)?) } else { None };
+    let nextest = if args.nextest { Some(nextest::Junit::prepare(out)?) } else { None };
     match &nextest {
         Some(junit) => {
             command.args(["nextest", "run", "--no-fail-fast"]).args(junit.arguments()).args(shard_arguments(args))
