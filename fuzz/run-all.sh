@@ -15,7 +15,7 @@
 #             the corpora are kept, so a second run starts from the first's finds
 #   TARGET    targets to run (default: all five)
 #
-# Writes OUT/fuzz-<target>.log (every job's log, one after another),
+# Writes OUT/fuzz-<target>.log (libFuzzer's own output, with every job's log),
 # OUT/corpus/<target>/ (what the fuzzer found) and OUT/artifacts/<target>/
 # (crash-*, oom-*, timeout-*, leak-* inputs: each one a finding).
 set -euo pipefail
@@ -89,25 +89,22 @@ for target in "${TARGETS[@]}"; do
     (cd "$work" && "$bin" "${COMMON[@]}" $flags "${limit[@]}" -jobs="$JOBS" -workers="$JOBS" \
         -artifact_prefix="$artifacts/" "$corpus" "$HERE/seeds/$target" >"$work/parent.log" 2>&1) || true
     ELAPSED[$target]=$(($(date +%s) - started))
-    log=$OUT/fuzz-$target.log
-    : >"$log"
-    for job in "$work"/fuzz-*.log; do
-        [[ -e $job ]] || continue
-        { echo "===== $(basename "$job")"; cat "$job"; } >>"$log"
-    done
-    { echo "===== libFuzzer parent"; cat "$work/parent.log"; } >>"$log"
+    # The parent's output holds each job's log as that job ends.
+    cp "$work/parent.log" "$OUT/fuzz-$target.log"
 done
 
-# The summary: executions summed over the jobs, wall seconds, the corpus at
-# the end, the best coverage a job reached, the largest RSS, and artifacts.
+# The summary, from the jobs' own logs (work/<target>/fuzz-<n>.log): executions
+# summed over the jobs, wall seconds, the corpus at the end, the best coverage
+# a job reached, the largest RSS, and the artifacts.
 echo
 printf '%-14s %14s %8s %10s %8s %8s %7s  %s\n' target executions seconds exec/s corpus cov rss_mb artifacts
 for target in "${TARGETS[@]}"; do
-    log=$OUT/fuzz-$target.log
-    [[ -e $log ]] || continue
-    execs=$(awk -F: '/^stat::number_of_executed_units:/ {s += $2} END {print s + 0}' "$log")
-    rss=$(awk -F: '/^stat::peak_rss_mb:/ {if ($2 + 0 > m) m = $2 + 0} END {print m + 0}' "$log")
-    cov=$(grep -o 'cov: [0-9]*' "$log" | awk '{if ($2 + 0 > m) m = $2 + 0} END {print m + 0}')
+    [[ -e $OUT/fuzz-$target.log ]] || continue
+    jobs=("$OUT/work/$target"/fuzz-*.log)
+    [[ -e ${jobs[0]} ]] || jobs=(/dev/null)
+    execs=$(awk '/^stat::number_of_executed_units:/ {s += $NF} END {print s + 0}' "${jobs[@]}")
+    rss=$(awk '/^stat::peak_rss_mb:/ {if ($NF + 0 > m) m = $NF + 0} END {print m + 0}' "${jobs[@]}")
+    cov=$(cat "${jobs[@]}" | grep -o 'cov: [0-9]*' | awk '{if ($2 + 0 > m) m = $2 + 0} END {print m + 0}')
     secs=${ELAPSED[$target]:-0}
     rate=$((secs > 0 ? execs / secs : 0))
     corpus_files=$(find "$OUT/corpus/$target" -type f | wc -l)

@@ -7,11 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(
-    init: {
-        // One thread: libFuzzer runs one process per job, and a rayon pool per
-        // process on a tiny model only adds scheduling noise.
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    },
+    init: apr_fuzz::load::single_threaded(),
     |input: &[u8]| {
         apr_fuzz::load::load_and_run(input);
     }

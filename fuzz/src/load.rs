@@ -30,6 +30,19 @@ pub const MAX_POSITIONS: usize = 8;
 /// Text encoded with special tokens parsed, as a raw prompt is.
 const RAW_TEXT: &str = "<|im_start|>user\nHello, world! 123 ünïcödé\t<|im_end|>";
 
+/// Makes the calling thread rayon's only worker, before anything else uses
+/// rayon. The engine's kernels then run inline on the fuzzing thread: no hand
+/// off to a pool thread for each of the forward pass's dozens of parallel
+/// loops (which cost more than the tiny model's arithmetic), one thread per
+/// libFuzzer job, and a panic's stack is the fuzzing thread's own.
+pub fn single_threaded() {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .use_current_thread()
+        .build_global()
+        .expect("rayon's global pool is not yet built");
+}
+
 /// How far an input got: each step is reached only if the one before succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reached {
