@@ -24,7 +24,7 @@ fn messages() -> Vec<ChatMessage> {
 /// Returns whether the template rendered.
 pub fn render_template(input: &[u8]) -> bool {
     let Ok(template) = std::str::from_utf8(input) else { return false };
-    let Ok(rendered) = render_fixed(template, input.len() % 2 == 0) else { return false };
+    let Ok(rendered) = render_fixed(template, input.len().is_multiple_of(2)) else { return false };
     let (text, ranges) = chat::take_literal_ranges(&rendered);
     for range in ranges {
         assert!(range.start <= range.end && range.end <= text.len(), "literal range {range:?} outside the text");

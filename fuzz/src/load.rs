@@ -100,7 +100,7 @@ pub fn load_and_run(input: &[u8]) -> Outcome {
     assert_eq!(logits.len(), config.vocab, "logits for one position");
     assert_eq!(cache.len(), 1, "the cache holds the token");
     // A decode step: position 1, reading the cached position 0.
-    let next = (first + 1) % config.vocab.max(1) as u32;
+    let next = ((u64::from(first) + 1) % config.vocab.max(1) as u64) as u32;
     let Ok(logits) = model.forward(&[next], &mut cache, Logits::Last) else { return outcome };
     assert_eq!(logits.len(), config.vocab, "logits for one position");
     outcome.reached = Reached::Forward;
