@@ -281,6 +281,26 @@ fn nan_payloads_survive() {
 }
 
 #[test]
+fn a_model_file_from_bytes_reads_as_the_opened_file_does() {
+    let bytes = small_valid_file();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    let opened = ModelFile::open(&path).unwrap();
+    let in_memory = ModelFile::from_bytes("in memory", bytes).unwrap();
+    assert_eq!(in_memory.tensors(), opened.tensors());
+    assert_eq!(in_memory.metadata(), opened.metadata());
+    assert_eq!(in_memory.bytes(), bytes);
+    assert_eq!(
+        in_memory.tensor("output_norm.weight").unwrap().bytes,
+        opened.tensor("output_norm.weight").unwrap().bytes
+    );
+    let error = ModelFile::from_bytes("label.bin", &bytes[..10]).err().expect("a truncated file is refused");
+    assert!(error.to_string().contains("label.bin"), "{error}");
+    assert!(ModelFile::from_bytes("empty", &[]).is_err(), "no bytes, no magic");
+}
+
+#[test]
 fn writer_layout_matches_a_file_assembled_from_the_specification() {
     let mut meta = Metadata::default();
     meta.insert("general.architecture", MetaValue::String("test".into()));

@@ -1,6 +1,11 @@
 //! What the fuzz targets share: the invariants a successful parse must
-//! satisfy, and the APR checksum repair that lets mutations reach the
-//! structural checks behind the CRCs.
+//! satisfy, the APR checksum repair that lets mutations reach the
+//! structural checks behind the CRCs, and the bodies of the `load` and
+//! `chat_template` targets (here so that `seeds.rs` can check its seeds
+//! with the very code the fuzzer runs).
+
+pub mod chat;
+pub mod load;
 
 use std::collections::HashSet;
 

@@ -177,6 +177,20 @@ impl ModelFile {
         Ok(model)
     }
 
+    /// A model file from bytes already in memory (the fuzzers' way in): the
+    /// bytes are copied into an anonymous map and parsed as [`ModelFile::open`]
+    /// parses a file. `label` stands in for the path in error messages. No
+    /// Hugging Face companion files are read, so a SafeTensors buffer carries
+    /// only what its own header holds.
+    pub fn from_bytes(label: impl Into<PathBuf>, bytes: &[u8]) -> Result<ModelFile> {
+        let label = label.into();
+        let mut map = memmap2::MmapMut::map_anon(bytes.len()).map_err(|e| Error::io(&label, e))?;
+        map.copy_from_slice(bytes);
+        let map = map.make_read_only().map_err(|e| Error::io(&label, e))?;
+        let parsed = parse_bytes(&map).map_err(|e| e.in_file(&label))?;
+        Ok(ModelFile { path: label, parsed, map })
+    }
+
     pub fn format(&self) -> Format {
         self.parsed.format
     }

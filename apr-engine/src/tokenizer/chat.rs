@@ -9,8 +9,8 @@
 //! `add_generation_prompt`, `bos_token`, `eos_token`; `tools` and the rest are
 //! undefined, so templates take their no-tools branch.
 
-use minijinja::value::{Kwargs, Value, ValueKind};
-use minijinja::{context, Environment, Error, ErrorKind};
+use minijinja::value::{Kwargs, Rest, Value, ValueKind};
+use minijinja::{context, Environment, Error, ErrorKind, State};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -182,10 +182,46 @@ fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_unknown_method_callback(|state, value, method, args| {
+        if let (Some(format), "format") = (value.as_str(), method) {
+            check_format_keys(format, "[", ']')?;
+        }
+        minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+    });
     env.add_function("raise_exception", raise_exception);
     env.add_filter("tojson", tojson);
+    env.add_filter("format", format);
     env
+}
+
+/// The `format` filter (printf style, `'%(key)s' | format(...)`), refusing
+/// the keys that minijinja's parser cannot read (see [`check_format_keys`]).
+fn format(state: &State, value: &Value, args: Rest<Value>) -> Result<Value, Error> {
+    if let Some(format) = value.as_str() {
+        check_format_keys(format, "%(", ')')?;
+    }
+    minijinja::filters::format(state, value, args)
+}
+
+/// minijinja 2.24's format-string parser reads a key (`%(key)` in the
+/// `format` filter, `[key]` in `str.format`) one byte at a time and panics
+/// (a string sliced inside a character) on a character of several bytes
+/// before the closing delimiter. Such a key is refused before the parser
+/// sees it: after every `open`, up to the next `close` (or the end, where the
+/// parser stops too), the text must be ASCII. This also refuses a few formats
+/// that would render (an escaped `%%(é)`, a literal `[é` in `str.format`):
+/// an error, where the parser would have aborted the program.
+fn check_format_keys(format: &str, open: &str, close: char) -> Result<(), Error> {
+    for (at, _) in format.match_indices(open) {
+        let key = format[at + open.len()..].split(close).next().unwrap_or_default();
+        if !key.is_ascii() {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("format key {open}{key:?} is not ASCII (minijinja's format parser cannot read it)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {
@@ -381,6 +417,27 @@ mod tests {
         let err = one(template).unwrap_err();
         assert!(matches!(err, ChatError::TooLarge { .. }), "{err}");
         assert!(err.to_string().contains("cap"), "{err}");
+    }
+
+    /// Found by the `chat_template` fuzzer: minijinja's format parser panics
+    /// on a key holding a character of several bytes; it is an error now.
+    #[test]
+    fn format_keys_that_are_not_ascii_are_an_error() {
+        for template in [
+            "{{ '%(é)s' | format(x=1) }}",
+            "{{ '%(aé' | format(1) }}",
+            "{{ '{0[é]}'.format([1]) }}",
+            "{{ '{0[a]}{0[é' .format({'a': 1}) }}",
+        ] {
+            let err = one(template).unwrap_err();
+            assert!(
+                matches!(&err, ChatError::Render { .. }) && err.to_string().contains("not ASCII"),
+                "{template}: {err}"
+            );
+        }
+        // ASCII keys, and characters of several bytes outside keys, still format.
+        let out = one("{{ 'é %(k)s' | format({'k': 'ü'}) }}|{{ 'é{0[k]}é'.format({'k': 'ü'}) }}").unwrap();
+        assert_eq!(out, "é ü|éüé");
     }
 
     #[test]
