@@ -321,10 +321,7 @@ fn comparable(summary_path: &Path) -> (serde_json::Value, serde_json::Value, ser
 #[test]
 fn merged_shards_give_the_matrix_of_one_run() {
     let dir = tempfile::tempdir().unwrap();
-    let crate_dir = dir.path().join("downstream");
-    downstream_crate(&crate_dir);
-    std::fs::write(crate_dir.join("tests/failing.rs"), FAILING).unwrap();
-    std::fs::write(crate_dir.join("tests/plain.rs"), PLAIN).unwrap();
+    let crate_dir = downstream_with_failures(dir.path());
     let shard = |name: &str| dir.path().join(name);
 
     let whole = cargo_apr_test(&crate_dir, &shard("whole"), &[]).code(1);
@@ -332,29 +329,13 @@ fn merged_shards_give_the_matrix_of_one_run() {
     let printed: serde_json::Value = serde_json::from_slice(&one.get_output().stdout).expect("--json prints JSON only");
     assert_eq!(printed["schema"], "apr.test.v1", "{printed}");
     cargo_apr_test(&crate_dir, &shard("two"), &["--", "--test", "failing", "--test", "plain"]).code(1);
-    let merged = Command::cargo_bin("cargo-apr")
-        .unwrap()
-        .current_dir(&crate_dir)
-        .args(["apr", "test", "--merge"])
-        .args([shard("one"), shard("two")])
-        .arg("--report-dir")
-        .arg(shard("merged"))
-        .assert()
-        .code(1);
-
-    let (whole_tests, whole_summary, whole_all) = comparable(&shard("whole/summary.json"));
-    let (merged_tests, merged_summary, merged_all) = comparable(&shard("merged/summary.json"));
-    assert_eq!(merged_tests, whole_tests);
-    assert_eq!(merged_summary, whole_summary);
-    assert_eq!(merged_all, whole_all);
-    assert_eq!(whole_all["tests"], 5, "{whole_all}");
+    let merged = merge(&crate_dir, [&shard("one"), &shard("two")], &shard("merged"));
+    assert_merged_run_is_the_whole_run(&shard("whole"), &shard("merged"));
     let score = |out: &assert_cmd::assert::Assert| {
         let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
         stdout.lines().find(|l| l.starts_with("qualification score")).unwrap().to_string()
     };
     assert_eq!(score(&merged), score(&whole));
-    let junit = std::fs::read_to_string(shard("merged/junit.xml")).unwrap();
-    assert!(junit.contains(r#"tests="5" skipped="1" failures="2" errors="0""#), "{junit}");
     assert!(shard("merged/reports/failing.corrupted_candidate_is_caught_cpu.json").is_file());
 }
 
@@ -365,10 +346,7 @@ fn merged_shards_give_the_matrix_of_one_run() {
 fn nextest_partitions_merged_give_the_matrix_of_one_run() {
     require_nextest();
     let dir = tempfile::tempdir().unwrap();
-    let crate_dir = dir.path().join("downstream");
-    downstream_crate(&crate_dir);
-    std::fs::write(crate_dir.join("tests/failing.rs"), FAILING).unwrap();
-    std::fs::write(crate_dir.join("tests/plain.rs"), PLAIN).unwrap();
+    let crate_dir = downstream_with_failures(dir.path());
     let shard = |name: &str| dir.path().join(name);
 
     cargo_apr_test(&crate_dir, &shard("whole"), &["--nextest"]).code(1);
@@ -378,22 +356,43 @@ fn nextest_partitions_merged_give_the_matrix_of_one_run() {
         let code = run.get_output().status.code();
         assert!(matches!(code, Some(0 | 1)), "{partition}: exit {code:?}");
     }
+    merge(&crate_dir, [&shard("part1"), &shard("part2")], &shard("merged"));
+    assert_merged_run_is_the_whole_run(&shard("whole"), &shard("merged"));
+}
+
+/// The downstream crate in `dir` with a failing model test and two ordinary
+/// tests (one failing) beside the passing ones: five tests in all.
+fn downstream_with_failures(dir: &Path) -> PathBuf {
+    let crate_dir = dir.join("downstream");
+    downstream_crate(&crate_dir);
+    std::fs::write(crate_dir.join("tests/failing.rs"), FAILING).unwrap();
+    std::fs::write(crate_dir.join("tests/plain.rs"), PLAIN).unwrap();
+    crate_dir
+}
+
+/// `cargo apr test --merge` of two shards' report folders into `out` (exit 1: a test failed).
+fn merge(crate_dir: &Path, shards: [&Path; 2], out: &Path) -> assert_cmd::assert::Assert {
     Command::cargo_bin("cargo-apr")
         .unwrap()
-        .current_dir(&crate_dir)
+        .current_dir(crate_dir)
         .args(["apr", "test", "--merge"])
-        .args([shard("part1"), shard("part2")])
+        .args(shards)
         .arg("--report-dir")
-        .arg(shard("merged"))
+        .arg(out)
         .assert()
-        .code(1);
+        .code(1)
+}
 
-    let (whole_tests, whole_summary, whole_all) = comparable(&shard("whole/summary.json"));
-    let (merged_tests, merged_summary, merged_all) = comparable(&shard("merged/summary.json"));
+/// The merged folder holds the whole run's matrix, summary and test counts:
+/// five tests, ordinary ones included, two of them failed.
+fn assert_merged_run_is_the_whole_run(whole: &Path, merged: &Path) {
+    let (whole_tests, whole_summary, whole_all) = comparable(&whole.join("summary.json"));
+    let (merged_tests, merged_summary, merged_all) = comparable(&merged.join("summary.json"));
     assert_eq!(merged_tests, whole_tests);
     assert_eq!(merged_summary, whole_summary);
     assert_eq!(merged_all, whole_all);
-    let junit = std::fs::read_to_string(shard("merged/junit.xml")).unwrap();
+    assert_eq!(whole_all["tests"], 5, "{whole_all}");
+    let junit = std::fs::read_to_string(merged.join("junit.xml")).unwrap();
     assert!(junit.contains(r#"tests="5" skipped="1" failures="2" errors="0""#), "{junit}");
 }
 
