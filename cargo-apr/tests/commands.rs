@@ -259,10 +259,17 @@ fn kld_measures_the_distance_to_exact_math_per_position() {
 }
 
 #[test]
-fn kld_refuses_nothing_to_score() {
+fn kld_refuses_bad_texts_and_chunk_sizes() {
     let text = reference_dir().join("kld/text.txt").display().to_string();
     let (_, err) = outputs(&mut apr(&["kld", &model(), "--text", &text, "--chunks", "0"]), 2);
     assert!(err.contains("--chunks 0"), "{err}");
     let (_, err) = outputs(&mut apr(&["kld", &model(), "--text", &text, "--ctx", "100000"]), 1);
     assert!(err.contains("too short for one chunk of 100000"), "{err}");
+    let (_, err) = outputs(&mut apr(&["kld", &model(), "--text", &text, "--ctx", "3"]), 2);
+    assert!(err.contains("--ctx 3"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let latin1 = dir.path().join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9").unwrap();
+    let (_, err) = outputs(&mut apr(&["kld", &model(), "--text", &latin1.display().to_string()]), 1);
+    assert!(err.contains("latin1.txt: the text is not valid UTF-8") && err.contains("offset 3"), "{err}");
 }

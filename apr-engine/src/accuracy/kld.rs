@@ -21,6 +21,9 @@ pub const SCHEMA: &str = "apr.kld.v1";
 /// narrower window compares values both files really hold.
 pub const LOGPROB_WINDOW: f64 = 10.0;
 
+/// The smallest chunk with a scored position: `n_ctx/2 .. n_ctx-1` is empty below 4.
+pub const MIN_CTX: usize = 4;
+
 /// A text's tokens, cut into the chunks llama-perplexity evaluates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunks {
@@ -37,8 +40,8 @@ impl Chunks {
     /// dropped, special-token text kept as text, BOS first if the model adds
     /// one; then whole chunks of `n_ctx` tokens, at most `max_chunks`.
     pub fn of_text(tokenizer: &Tokenizer, text: &str, n_ctx: usize, max_chunks: Option<usize>) -> Result<Chunks> {
-        if n_ctx < 4 {
-            return Err(Error::Invalid(format!("a chunk of {n_ctx} tokens scores no position (at least 4)")));
+        if n_ctx < MIN_CTX {
+            return Err(Error::Invalid(format!("a chunk of {n_ctx} tokens scores no position (at least {MIN_CTX})")));
         }
         let text = text.strip_suffix('\n').unwrap_or(text);
         let bos = tokenizer.bos().filter(|_| tokenizer.add_bos());

@@ -14,6 +14,7 @@ use apr_engine::model::Model;
 use apr_engine::pipeline::Pipeline;
 
 use super::common_args::ModelArg;
+use super::prompt_args::read_bounded;
 use super::{threads, UsageError};
 use crate::exit;
 
@@ -50,6 +51,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     if args.chunks == Some(0) {
         return Err(UsageError("--chunks 0 scores nothing".into()).into());
     }
+    if let Some(ctx) = args.ctx.filter(|&c| c < kld::MIN_CTX) {
+        return Err(UsageError(format!(
+            "--ctx {ctx}: a chunk of fewer than {} tokens scores no position",
+            kld::MIN_CTX
+        ))
+        .into());
+    }
     threads::configure(args.threads)?;
     let llama = args.against_llama_logits.as_deref().map(llama_kld_base::read).transpose()?;
     let n_ctx = match (&llama, args.ctx) {
@@ -64,7 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let fast = Pipeline::open(path)?;
     let exact = Model::load(apr_engine::ModelFile::open(path)?, BackendKind::CpuReference.create()?)
         .map_err(|e| e.about_file(path))?;
-    let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
+    let file = std::fs::File::open(&args.text).with_context(|| format!("{}: cannot open", args.text.display()))?;
+    let text = read_bounded(file, &args.text, "text")?;
     let chunks = Chunks::of_text(&fast.tokenizer, &text, n_ctx, args.chunks)
         .with_context(|| format!("{}", args.text.display()))?;
     if !args.json {

@@ -29,11 +29,11 @@ impl PromptSource {
     /// The prompt text, read from stdin or the file when asked.
     pub fn read(&self) -> anyhow::Result<String> {
         match (&self.prompt, &self.prompt_file) {
-            (Some(dash), None) if dash == "-" => read_bounded(std::io::stdin().lock(), Path::new("<stdin>")),
+            (Some(dash), None) if dash == "-" => read_bounded(std::io::stdin().lock(), Path::new("<stdin>"), "prompt"),
             (Some(text), None) => Ok(text.clone()),
             (None, Some(path)) => {
                 let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-                read_bounded(file, path)
+                read_bounded(file, path, "prompt")
             }
             // clap's group makes exactly one of the two present.
             _ => Err(UsageError("give either --prompt or --prompt-file".into()).into()),
@@ -41,19 +41,20 @@ impl PromptSource {
     }
 }
 
-/// At most `MAX_PROMPT_BYTES` of UTF-8 from `source`, named `name` in errors.
-fn read_bounded(source: impl Read, name: &Path) -> anyhow::Result<String> {
+/// At most `MAX_PROMPT_BYTES` of UTF-8 from `source`, named `name` in errors
+/// and called `what` ("prompt", "text").
+pub fn read_bounded(source: impl Read, name: &Path, what: &str) -> anyhow::Result<String> {
     let mut bytes = Vec::new();
     source
         .take(MAX_PROMPT_BYTES + 1)
         .read_to_end(&mut bytes)
-        .with_context(|| format!("{}: cannot read the prompt", name.display()))?;
+        .with_context(|| format!("{}: cannot read the {what}", name.display()))?;
     if bytes.len() as u64 > MAX_PROMPT_BYTES {
-        anyhow::bail!("{}: prompt longer than {} MiB", name.display(), MAX_PROMPT_BYTES >> 20);
+        anyhow::bail!("{}: {what} longer than {} MiB", name.display(), MAX_PROMPT_BYTES >> 20);
     }
     String::from_utf8(bytes).map_err(|e| {
         let detail = utf8_error(e.as_bytes(), &e.utf8_error());
-        anyhow::anyhow!("{}: the prompt is not valid UTF-8: {detail}", name.display())
+        anyhow::anyhow!("{}: the {what} is not valid UTF-8: {detail}", name.display())
     })
 }
 
