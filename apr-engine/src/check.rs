@@ -109,12 +109,12 @@ pub fn check(path: &Path) -> Vec<Stage> {
     let prompt = match pipeline.prompt_tokens(CHAT_PROBE, None, false) {
         Ok(prompt) => prompt,
         Err(e) => {
-            push("chat template", false, e.to_string());
+            push("template", false, e.to_string());
             return stages;
         }
     };
     let how = if pipeline.chat_template().is_some() { "the model's template" } else { "no template: plain text" };
-    push("chat template", true, format!("{CHAT_PROBE:?} -> {} tokens ({how})", prompt.len()));
+    push("template", true, format!("{CHAT_PROBE:?} -> {} tokens ({how})", prompt.len()));
     let mut cache = pipeline.model.new_cache(prompt.len() + 8);
     let options = GenerateOptions { max_tokens: 8, sampling: SamplingParams::default(), logits_top_k: None };
     match generate(&pipeline.model, &mut cache, &prompt, &options, |t| pipeline.tokenizer.is_eog(t), |_| {}) {

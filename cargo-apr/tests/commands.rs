@@ -85,7 +85,7 @@ fn convert_writes_refuses_to_overwrite_and_forces() {
 #[test]
 fn check_passes_every_stage() {
     let (out, _) = outputs(&mut apr(&["check", &model()]), 0);
-    for stage in ["open", "metadata", "tokenizer", "embedding", "all layers", "logits", "generation"] {
+    for stage in ["open", "metadata", "tokenizer", "embedding", "all layers", "logits", "template", "generation"] {
         assert!(out.lines().any(|l| l.starts_with("PASS") && l.contains(stage)), "{stage} not PASS:\n{out}");
     }
     assert!(!out.contains("FAIL"), "{out}");
