@@ -25,6 +25,7 @@ pub mod convert;
 pub mod diff;
 pub mod generate;
 pub mod inspect;
+pub mod isolate;
 pub mod pipeline;
 pub mod stats;
 pub mod validate;

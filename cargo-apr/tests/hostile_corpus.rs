@@ -3,7 +3,8 @@
 //! (written through the project's own GGUF writer: zero-length and wrong-length
 //! norms, NaN epsilon, block count below the layers present, a tokens array
 //! shorter than the embedding, rope base 0, an unknown token type, template
-//! bombs, a template that renders nothing), plus empty prompts. Every command
+//! bombs (endless loops, values doubled until memory runs out, a namespace
+//! holding itself), a template that renders nothing), plus empty prompts. Every command
 //! that reads a model runs over every file and must end with exit 1 (or 2) and
 //! a message naming the file where the file is unusable, never a panic (101)
 //! and never run past `TIME_LIMIT`. A `convert` that succeeds must write a file
@@ -116,6 +117,24 @@ fn cases() -> Vec<Case> {
             must_fail: &[Cmd::Run, Cmd::Chat, Cmd::Check],
             write: |p| {
                 let bomb = "{% set s = namespace(v='xx') %}{% for i in range(24) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}";
+                edited(p, |e| e.set("tokenizer.chat_template", MetaValue::String(bomb.into())))
+            },
+        },
+        Case {
+            // Never printed, so no output cap sees it: 2^40 bytes unless memory is bounded.
+            name: "template-doubles-40-times-silently.gguf",
+            must_fail: &[Cmd::Run, Cmd::Chat, Cmd::Check],
+            write: |p| {
+                let bomb = include_str!("../../fuzz/known/chat_template-namespace-doubling-oom.jinja");
+                edited(p, |e| e.set("tokenizer.chat_template", MetaValue::String(bomb.into())))
+            },
+        },
+        Case {
+            // Printing a namespace that holds itself recurses until the stack overflows.
+            name: "template-namespace-holds-itself.gguf",
+            must_fail: &[Cmd::Run, Cmd::Chat, Cmd::Check],
+            write: |p| {
+                let bomb = include_str!("../../fuzz/known/chat_template-namespace-cycle-minimal.jinja");
                 edited(p, |e| e.set("tokenizer.chat_template", MetaValue::String(bomb.into())))
             },
         },

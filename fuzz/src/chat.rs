@@ -36,8 +36,10 @@ pub fn render_template(input: &[u8]) -> bool {
 /// `template` over the fixed conversation, with `<s>` and `</s>` as the BOS
 /// and EOS texts. As the pipeline does, a template holding the literal
 /// markers is refused (the messages are checked before they are marked).
+/// Rendered in this process, not in the child process the product uses, so
+/// that a crash of the renderer is seen (and its coverage counted).
 pub fn render_fixed(template: &str, add_generation_prompt: bool) -> Result<String, ChatError> {
     chat::check_no_markers(template, &[])?;
     let special = SpecialTokenTexts { bos_token: "<s>".into(), eos_token: "</s>".into() };
-    chat::render_with(template, &messages(), add_generation_prompt, &special)
+    chat::render_in_process(template, &messages(), add_generation_prompt, &special)
 }

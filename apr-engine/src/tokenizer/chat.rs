@@ -11,7 +11,9 @@
 
 use minijinja::value::{Kwargs, Rest, Value, ValueKind};
 use minijinja::{context, Environment, Error, ErrorKind, State};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::isolate::{self, IsolationError, Limits};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
@@ -32,7 +34,7 @@ pub struct SpecialTokenTexts {
     pub eos_token: String,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum ChatError {
     #[error("chat template does not compile (line {line}): {detail}")]
     Syntax { line: usize, detail: String },
@@ -48,6 +50,8 @@ pub enum ChatError {
     TooLarge { limit: usize, input: usize },
     #[error("{0}")]
     ReservedCharacter(String),
+    #[error("chat template's renderer {0}")]
+    Isolation(String),
 }
 
 /// Steps (minijinja fuel) a render may take: a fixed allowance plus some per
@@ -69,9 +73,32 @@ pub fn render(template: &str, messages: &[ChatMessage], add_generation_prompt: b
     render_with(template, messages, add_generation_prompt, &SpecialTokenTexts::default())
 }
 
+/// What an isolated render may use beyond the caller's own memory and time:
+/// real templates take well under a megabyte and a millisecond.
+const RENDER_LIMITS: Limits = Limits { extra_memory: 1 << 30, time: std::time::Duration::from_secs(20) };
+
 /// Renders `messages` through `template`; with `add_generation_prompt` the
-/// template appends the opening of the assistant's turn.
+/// template appends the opening of the assistant's turn. The template comes
+/// from a model file, so it runs in a child process ([`crate::isolate`]): a
+/// template whose values hold themselves (a namespace assigned to its own
+/// attribute overflows the renderer's stack when printed) or grow without
+/// bound (a string doubled forty times) ends that child, not the caller.
 pub fn render_with(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    special: &SpecialTokenTexts,
+) -> Result<String, ChatError> {
+    let render = || render_in_process(template, messages, add_generation_prompt, special);
+    let encode = |r: &Result<String, ChatError>| serde_json::to_vec(r).unwrap_or_default();
+    let decode = |bytes: &[u8]| serde_json::from_slice(bytes).ok();
+    isolate::run(RENDER_LIMITS, render, encode, decode)
+        .unwrap_or_else(|e: IsolationError| Err(ChatError::Isolation(e.to_string())))
+}
+
+/// [`render_with`] in this process, bounded only by fuel and the output cap:
+/// for fuzzing the renderer itself, where a crash must be seen.
+pub fn render_in_process(
     template: &str,
     messages: &[ChatMessage],
     add_generation_prompt: bool,
@@ -417,6 +444,29 @@ mod tests {
         let err = one(template).unwrap_err();
         assert!(matches!(err, ChatError::TooLarge { .. }), "{err}");
         assert!(err.to_string().contains("cap"), "{err}");
+    }
+
+    /// Found by the `chat_template` fuzzer (fuzz/known/): printing a namespace
+    /// that holds itself recurses until the stack overflows. The child process
+    /// dies of it; the caller gets an error.
+    #[cfg(unix)]
+    #[test]
+    fn a_namespace_holding_itself_is_an_error_not_a_crash() {
+        let template = include_str!("../../../fuzz/known/chat_template-namespace-cycle-minimal.jinja");
+        let err = one(template).unwrap_err();
+        assert!(matches!(err, ChatError::Isolation(_)), "{err}");
+        assert!(err.to_string().contains("overflowed its stack"), "{err}");
+    }
+
+    /// A value doubled forty times is never printed, so the output cap does not
+    /// see it: the child's memory budget does.
+    #[cfg(unix)]
+    #[test]
+    fn a_value_growing_without_bound_is_an_error_not_an_abort() {
+        let template = include_str!("../../../fuzz/known/chat_template-namespace-doubling-oom.jinja");
+        let err = one(template).unwrap_err();
+        assert!(matches!(err, ChatError::Isolation(_)), "{err}");
+        assert!(err.to_string().contains("memory allocation"), "{err}");
     }
 
     /// Found by the `chat_template` fuzzer: minijinja's format parser panics
