@@ -7,7 +7,9 @@
 //! the forking thread only, writes its result to a pipe and leaves with
 //! `_exit` (no destructors, no flushing of buffers it shares with the parent).
 //! Its stderr goes to a second pipe, so the error can quote why it died. On
-//! platforms without `fork` the closure runs in-process.
+//! platforms without `fork` the closure runs in-process, and so it does under
+//! a fuzzer (`cfg(fuzzing)`): there the fuzzer must see the crash, count the
+//! coverage, and not pay a fork per input.
 
 use std::time::Duration;
 
@@ -41,7 +43,7 @@ fn first_words(stderr: &str) -> String {
 
 /// Runs `work` in a child process under `limits`; its output travels back as
 /// bytes (`encode` in the child, `decode` here).
-#[cfg(unix)]
+#[cfg(all(unix, not(fuzzing)))]
 pub fn run<T>(
     limits: Limits,
     work: impl FnOnce() -> T,
@@ -54,7 +56,7 @@ pub fn run<T>(
     })
 }
 
-#[cfg(not(unix))]
+#[cfg(any(not(unix), fuzzing))]
 pub fn run<T>(
     _limits: Limits,
     work: impl FnOnce() -> T,
@@ -64,7 +66,7 @@ pub fn run<T>(
     Ok(work())
 }
 
-#[cfg(unix)]
+#[cfg(all(unix, not(fuzzing)))]
 mod unix {
     use std::fs::File;
     use std::io::{Read, Write};
@@ -204,7 +206,7 @@ mod unix {
     }
 }
 
-#[cfg(all(test, unix))]
+#[cfg(all(test, unix, not(fuzzing)))]
 mod tests {
     use super::*;
 

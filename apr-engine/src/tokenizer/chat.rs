@@ -212,6 +212,7 @@ fn environment() -> Environment<'static> {
     env.set_unknown_method_callback(|state, value, method, args| {
         if let (Some(format), "format") = (value.as_str(), method) {
             check_format_keys(format, "[", ']')?;
+            check_format_widths(format.split('{').skip(1).map(brace_spec))?;
         }
         minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
     });
@@ -226,6 +227,7 @@ fn environment() -> Environment<'static> {
 fn format(state: &State, value: &Value, args: Rest<Value>) -> Result<Value, Error> {
     if let Some(format) = value.as_str() {
         check_format_keys(format, "%(", ')')?;
+        check_format_widths(format.split('%').skip(1).map(printf_spec))?;
     }
     minijinja::filters::format(state, value, args)
 }
@@ -249,6 +251,40 @@ fn check_format_keys(format: &str, open: &str, close: char) -> Result<(), Error>
         }
     }
     Ok(())
+}
+
+/// Widths and precisions past this are refused: a template pads a column,
+/// never to gigabytes (`'%8494901466033786425d' | format(1)` asks the
+/// formatter for an exabyte; found by the `chat_template` fuzzer).
+const MAX_FORMAT_WIDTH: u64 = 4096;
+
+fn check_format_widths<'a>(specs: impl Iterator<Item = &'a str>) -> Result<(), Error> {
+    for spec in specs {
+        let numbers = spec.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty());
+        if let Some(n) = numbers.map(|n| n.parse::<u64>().unwrap_or(u64::MAX)).find(|&n| n > MAX_FORMAT_WIDTH) {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("format width or precision {n} is past the limit of {MAX_FORMAT_WIDTH}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The flags, width and precision after a `%` (and its `(key)`), up to the conversion letter.
+fn printf_spec(after_percent: &str) -> &str {
+    let rest = match after_percent.strip_prefix('(') {
+        Some(keyed) => keyed.split_once(')').map_or("", |(_, r)| r),
+        None => after_percent,
+    };
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || "-+ #0.*".contains(c))).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The format spec of a `{field:spec}` replacement field (after its colon).
+fn brace_spec(after_brace: &str) -> &str {
+    let field = after_brace.split('}').next().unwrap_or_default();
+    field.split_once(':').map_or("", |(_, spec)| spec)
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {
@@ -444,6 +480,23 @@ mod tests {
         let err = one(template).unwrap_err();
         assert!(matches!(err, ChatError::TooLarge { .. }), "{err}");
         assert!(err.to_string().contains("cap"), "{err}");
+    }
+
+    /// Found by the `chat_template` fuzzer: a printf width of 19 digits made
+    /// the formatter allocate an exabyte (an abort, not an error).
+    #[test]
+    fn huge_format_widths_are_an_error() {
+        for template in [
+            "{{ '%s-%00000000008494901466033786425d' | format('a', 3) }}",
+            "{{ '%(k)5000s' | format(k='a') }}",
+            "{{ '%.99999f' | format(1.5) }}",
+            "{{ '{:>100000}'.format('a') }}",
+        ] {
+            let err = one(template).unwrap_err();
+            assert!(err.to_string().contains("past the limit of 4096"), "{template}: {err}");
+        }
+        assert_eq!(one("{{ '%-6s|%05d|%.2f' | format('ab', 42, 1.5) }}").unwrap(), "ab    |00042|1.50");
+        assert_eq!(one("{{ '{:>6}|{}'.format('ab', 1) }}").unwrap(), "    ab|1");
     }
 
     /// Found by the `chat_template` fuzzer (fuzz/known/): printing a namespace
