@@ -107,8 +107,7 @@ fn cases() -> Vec<Case> {
             name: "template-loops-forever.gguf",
             must_fail: &[Cmd::Run, Cmd::Chat, Cmd::Check],
             write: |p| {
-                let bomb = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
-                edited(p, |e| e.set("tokenizer.chat_template", MetaValue::String(bomb.into())))
+                with_template(p, "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}")
             },
         },
         Case {
@@ -117,31 +116,25 @@ fn cases() -> Vec<Case> {
             must_fail: &[Cmd::Run, Cmd::Chat, Cmd::Check],
             write: |p| {
                 let bomb = "{% set s = namespace(v='xx') %}{% for i in range(24) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}";
-                edited(p, |e| e.set("tokenizer.chat_template", MetaValue::String(bomb.into())))
+                with_template(p, bomb)
             },
         },
         Case {
             // Never printed, so no output cap sees it: 2^40 bytes unless memory is bounded.
             name: "template-doubles-40-times-silently.gguf",
             must_fail: &[Cmd::Run, Cmd::Chat, Cmd::Check],
-            write: |p| {
-                let bomb = include_str!("../../fuzz/known/chat_template-namespace-doubling-oom.jinja");
-                edited(p, |e| e.set("tokenizer.chat_template", MetaValue::String(bomb.into())))
-            },
+            write: |p| with_template(p, include_str!("../../fuzz/known/chat_template-namespace-doubling-oom.jinja")),
         },
         Case {
             // Printing a namespace that holds itself recurses until the stack overflows.
             name: "template-namespace-holds-itself.gguf",
             must_fail: &[Cmd::Run, Cmd::Chat, Cmd::Check],
-            write: |p| {
-                let bomb = include_str!("../../fuzz/known/chat_template-namespace-cycle-minimal.jinja");
-                edited(p, |e| e.set("tokenizer.chat_template", MetaValue::String(bomb.into())))
-            },
+            write: |p| with_template(p, include_str!("../../fuzz/known/chat_template-namespace-cycle-minimal.jinja")),
         },
         Case {
             name: "template-renders-nothing.gguf",
             must_fail: &[Cmd::Run, Cmd::Chat, Cmd::Check],
-            write: |p| edited(p, |e| e.set("tokenizer.chat_template", MetaValue::String(String::new()))),
+            write: |p| with_template(p, ""),
         },
     ]
 }
@@ -361,6 +354,11 @@ impl TensorSource for Edited<'_> {
 }
 
 /// SmolLM2 with `edit` applied, written to `path`.
+/// SmolLM2 with `template` as its chat template.
+fn with_template(path: &Path, template: &str) {
+    edited(path, |e| e.set("tokenizer.chat_template", MetaValue::String(template.into())))
+}
+
 fn edited(path: &Path, edit: impl FnOnce(&mut Edited)) {
     let model = ModelFile::open(SMOLLM2.require()).unwrap();
     let mut edited = Edited::of(&model);
