@@ -108,6 +108,8 @@ mod unix {
         let stderr = String::from_utf8_lossy(&stderr).into_owned();
         if libc::WIFSIGNALED(status) {
             let how = match libc::WTERMSIG(status) {
+                // Rust prints why before it aborts; guess only when it could not.
+                libc::SIGABRT if !stderr.trim().is_empty() => "aborted".to_string(),
                 libc::SIGABRT => "aborted: stack overflow or memory budget exceeded".to_string(),
                 libc::SIGSEGV => "segmentation fault: stack overflow".to_string(),
                 signal => format!("killed by signal {signal}"),
