@@ -95,6 +95,11 @@ pub fn prompt_tokens_with(
     system: Option<&str>,
     mode: PromptMode,
 ) -> Result<Vec<u32>> {
+    // The template would wrap an empty message in markup and the model would
+    // answer a question nobody asked: refused as the raw empty prompt is.
+    if prompt.is_empty() {
+        return Err(Error::Invalid("the prompt is empty: there is nothing to answer".into()));
+    }
     if mode.raw || metadata.get_str(CHAT_TEMPLATE).is_none() {
         return non_empty(tokenizer.encode_with_special(prompt, mode.parse_special), "the prompt");
     }

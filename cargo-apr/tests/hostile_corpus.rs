@@ -243,7 +243,8 @@ fn every_command_passes_an_unedited_copy() {
 #[test]
 fn empty_prompts_are_errors_not_panics() {
     let model = SMOLLM2.require().display().to_string();
-    let commands: [&[&str]; 3] = [
+    let commands: [&[&str]; 4] = [
+        &["run", &model, "-p", ""],
         &["run", &model, "--raw", "-p", ""],
         &["run", &model, "-p", "", "--raw", "--json"],
         &["compare-inference", &model, &model, "-p", "", "--raw"],
