@@ -4,8 +4,9 @@
 //! - `pip:`: real wheels built in the test, fetched by the real `python3 -m pip
 //!   download`, offline, from a find-links folder (`PIP_NO_INDEX`, `PIP_FIND_LINKS`);
 //! - `hf://`: a Hugging Face hub cache laid out as huggingface_hub lays it out
-//!   (`refs/main`, `snapshots/COMMIT/FILE` linked into `blobs/`), and `$HF_ENDPOINT`
-//!   for files not in it;
+//!   (`refs/main`, `snapshots/COMMIT/FILE` linked into `blobs/`), and a local
+//!   stand-in for the hub at `$HF_ENDPOINT` (ranges, commit and etag headers, a
+//!   gated repository) for files not in it;
 //! - `https://` and `http://`: a local python3 `http.server`, over TLS with a
 //!   certificate signed by a CA made here and trusted through `APR_CA_BUNDLE`.
 
@@ -66,7 +67,7 @@ impl Fixture {
     fn fetch_only(&self, names: &[&str], env: &[(&str, &Path)]) -> assert_cmd::assert::Assert {
         let mut command = Command::cargo_bin("cargo-apr").unwrap();
         command.current_dir(self.crate_dir()).args(["apr", "fetch"]).args(names);
-        for var in ["HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "APR_CA_BUNDLE", "SSL_CERT_FILE"] {
+        for var in ["HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN", "APR_CA_BUNDLE", "SSL_CERT_FILE"] {
             command.env_remove(var);
         }
         command.env("APR_MODEL_DIR", self.model_dir()).env("HF_HOME", self.path("hf-home"));
@@ -540,17 +541,165 @@ fn plain_http_mirror_is_accepted() {
     assert!(std::fs::read(fixture.model_dir().join("mirror.gguf")).unwrap() == model);
 }
 
+// ---------------------------------------------------------------- hf:// downloads
+
+/// A stand-in for the Hugging Face hub on 127.0.0.1, answering
+/// `GET /REPO/resolve/REVISION/FILE` the way hf-hub expects: byte ranges (206
+/// with `Content-Range`), `X-Repo-Commit` (the revision's commit, from a JSON
+/// map), `ETag` (the file's sha256, as for an LFS file), 401 without the bearer
+/// token. Each request's revision and range is appended to a log; a range
+/// starting at or past `fail_from` fails once with 500 (an interrupted download).
+const HUB: &str = r#"
+import hashlib, http.server, json, os, sys, time
+root, token, commits, fail_from, log = sys.argv[1:6]
+commits, fail_from = json.loads(commits), int(fail_from)
+class Hub(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        parts = self.path.lstrip("/").split("/")
+        repo, revision, name = "/".join(parts[0:2]), parts[3], "/".join(parts[4:])
+        wanted = self.headers.get("Range", "")
+        with open(log, "a") as f:
+            f.write(f"{revision} {wanted}\n")
+        if self.headers.get("Authorization") != f"Bearer {token}":
+            return self.fail(401)
+        path = os.path.join(root, repo, name)
+        if parts[2] != "resolve" or revision not in commits or not os.path.isfile(path):
+            return self.fail(404)
+        data = open(path, "rb").read()
+        start, stop = 0, len(data) - 1
+        if wanted:
+            first, last = wanted.removeprefix("bytes=").split("-")
+            start, stop = int(first), min(int(last), len(data) - 1)
+        marker = log + ".failed"
+        if start >= fail_from and not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(2)
+            return self.fail(500)
+        self.send_response(206 if wanted else 200)
+        self.send_header("X-Repo-Commit", commits[revision])
+        self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
+        self.send_header("Content-Range", f"bytes {start}-{stop}/{len(data)}")
+        self.send_header("Content-Length", str(stop - start + 1))
+        self.end_headers()
+        self.wfile.write(data[start:stop + 1])
+    def fail(self, code):
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+const HUB_TOKEN: &str = "hf_apr_test_token";
+const HF_V2_COMMIT: &str = "7d3b1f9e2a4c6e8b0d2f4a6c8e0b2d4f6a8c0e2b";
+
+/// The hub stand-in serving `bytes` as `HF_REPO/HF_FILE` at `main` and `v2`.
+struct Hub {
+    server: Server,
+    log: PathBuf,
+}
+
+impl Hub {
+    fn start(fixture: &Fixture, bytes: &[u8], fail_from: usize) -> Hub {
+        let root = fixture.path("hub-files");
+        let file = root.join(HF_REPO).join(HF_FILE);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, bytes).unwrap();
+        let log = fixture.path("hub.log");
+        let commits = format!(r#"{{"main": "{HF_MAIN_COMMIT}", "v2": "{HF_V2_COMMIT}"}}"#);
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(HUB)
+            .arg(&root)
+            .arg(HUB_TOKEN)
+            .arg(commits)
+            .arg(fail_from.to_string())
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut port).unwrap();
+        Hub { server: Server { child, origin: format!("http://127.0.0.1:{}", port.trim()) }, log }
+    }
+
+    /// The requests so far, as `REVISION RANGE` lines; cleared.
+    fn take_log(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log);
+        text.lines().map(str::to_string).collect()
+    }
+}
+
+fn snapshot_in(fixture: &Fixture, commit: &str) -> PathBuf {
+    let repo = fixture.hub_cache().join(format!("models--{}", HF_REPO.replace('/', "--")));
+    repo.join("snapshots").join(commit).join(HF_FILE)
+}
+
 #[test]
-fn hf_file_not_in_the_cache_is_downloaded_from_the_endpoint() {
+fn hf_file_of_a_gated_repo_is_downloaded_into_the_hub_cache_with_the_token() {
     let model = model_bytes(9, 200_000);
-    let served = format!("{HF_REPO}/resolve/main/{HF_FILE}");
     let sha = sha256_of(&model);
-    let (fixture, tls, server) = https_fixture(|_| hf_entry(&sha), &[(served.as_str(), &model)]);
-    let fetched = fixture.fetch(&[("HF_ENDPOINT", Path::new(&server.origin)), ("APR_CA_BUNDLE", &tls.ca)]).success();
-    let url = format!("{}/{served}", server.origin);
+    let fixture = Fixture::new(&hf_entry(&sha));
+    let hub = Hub::start(&fixture, &model, usize::MAX);
+    let endpoint = ("HF_ENDPOINT", Path::new(&hub.server.origin));
+
+    // Without a token the gated repository refuses, and the error says what to do.
+    let refused = fixture.fetch(&[endpoint]).code(1);
+    let url = format!("{}/{HF_REPO}/resolve/main/{HF_FILE}", hub.server.origin);
+    let text = stderr(&refused);
+    assert!(text.contains(&format!("{url}: the hub answered HTTP 401")), "{text}");
+    assert!(text.contains("set HF_TOKEN to a token with access"), "{text}");
+    assert!(!snapshot_in(&fixture, HF_MAIN_COMMIT).exists());
+
+    let fetched = fixture.fetch(&[endpoint, ("HF_TOKEN", Path::new(HUB_TOKEN))]).success();
     let note = format!("hub: not in the Hugging Face cache ({}); downloading {url}", fixture.hub_cache().display());
     assert!(stderr(&fetched).contains(&note), "{}", stderr(&fetched));
-    let placed = fixture.model_dir().join("tiny.gguf");
-    assert!(stdout(&fetched).contains(&format!("hub: {} (fetched, sha256 ok)", placed.display())));
-    assert!(std::fs::read(&placed).unwrap() == model);
+    // It lands in the hub cache as huggingface_hub lays it out, not in apr's model directory.
+    let snapshot = snapshot_in(&fixture, HF_MAIN_COMMIT);
+    let expected = format!("hub: {} (fetched, sha256 ok)", snapshot.display());
+    assert!(stdout(&fetched).contains(&expected), "{}\n{}", stdout(&fetched), stderr(&fetched));
+    assert!(std::fs::read(&snapshot).unwrap() == model);
+    let repo = fixture.hub_cache().join(format!("models--{}", HF_REPO.replace('/', "--")));
+    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), HF_MAIN_COMMIT);
+    assert!(std::fs::read(repo.join("blobs").join(&sha)).unwrap() == model, "the blob is named by its etag");
+    assert!(!fixture.model_dir().join("tiny.gguf").exists());
+
+    // From now on the cache answers, offline.
+    drop(hub);
+    let present = fixture.fetch(&[("HF_HUB_OFFLINE", Path::new("1"))]).success();
+    assert!(stdout(&present).contains(&format!("hub: {} (present, sha256 ok)", snapshot.display())));
+}
+
+#[test]
+fn hf_download_at_a_revision_resumes_where_it_was_cut() {
+    const MB: usize = 1_000_000;
+    let model = model_bytes(10, 25 * MB);
+    let sha = sha256_of(&model);
+    let entry = format!("hub = {{ source = \"hf://{HF_REPO}/{HF_FILE}\", revision = \"v2\", sha256 = \"{sha}\" }}");
+    let fixture = Fixture::new(&entry);
+    // The token as `hf auth login` leaves it, beside the hub cache.
+    std::fs::create_dir_all(fixture.path("hf-home")).unwrap();
+    std::fs::write(fixture.path("hf-home/token"), format!("{HUB_TOKEN}\n")).unwrap();
+    // hf-hub asks for 10 MB ranges: the one from 20 MB fails the first time.
+    let hub = Hub::start(&fixture, &model, 20 * MB);
+    let endpoint = ("HF_ENDPOINT", Path::new(&hub.server.origin));
+
+    let cut = fixture.fetch(&[endpoint]).code(1);
+    assert!(stderr(&cut).contains("500"), "{}", stderr(&cut));
+    let first: Vec<String> = hub.take_log();
+    assert!(first.iter().all(|line| line.starts_with("v2 ")), "every request names the revision: {first:?}");
+
+    let fetched = fixture.fetch(&[endpoint]).success();
+    let snapshot = snapshot_in(&fixture, HF_V2_COMMIT);
+    assert!(stdout(&fetched).contains(&format!("hub: {} (fetched, sha256 ok)", snapshot.display())));
+    assert!(std::fs::read(&snapshot).unwrap() == model);
+    // The second run asked for the file's size, then only for what was missing.
+    let second = hub.take_log();
+    assert_eq!(second, ["v2 bytes=0-0", "v2 bytes=20000000-25000000"], "{second:?}");
+    let repo = fixture.hub_cache().join(format!("models--{}", HF_REPO.replace('/', "--")));
+    assert_eq!(std::fs::read_to_string(repo.join("refs/v2")).unwrap(), HF_V2_COMMIT);
 }
