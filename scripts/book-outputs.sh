@@ -116,6 +116,7 @@ if wanted kld; then
   capture kld 20 -- kld "$smollm2" --text reference/kld/text.txt --against-llama-logits "$base"
 fi
 wanted trace-backends && capture trace-backends 30 -- trace-diff "$M" "$M" --prompt "What is 2+2?" --max-tokens 2 --candidate-backend cpu-reference
+wanted trace-broken-op && capture trace-broken-op 30 -- trace-diff "$M" "$M" --prompt "What is 2+2?" --max-tokens 8 --broken-op skip-rope:9
 wanted profile && capture profile 30 -- profile "$M" --warmup 4 --measure 32
 wanted profile-ci && capture profile-ci 30 -- profile "$M" --warmup 4 --measure 16 --ci --assert-throughput 1000
 wanted bench && capture bench 30 -- bench "$M" --prompt-tokens 64 --gen-tokens 16 --reps 2

@@ -2,7 +2,8 @@
 //! sizes, reported as GB/s of weight bytes read. Threads: rayon's global pool
 //! (set RAYON_NUM_THREADS=2 to compare with llama.cpp's `-t 2`).
 
-use apr_engine::kernels::{kernel_name, matmul, WeightMatrix};
+use apr_engine::backend::WeightMatrix;
+use apr_engine::kernels::{kernel_name, matmul};
 use apr_engine::DType;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 

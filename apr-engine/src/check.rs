@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::backend::BackendKind;
 use crate::generate::{argmax, generate, GenerateOptions, SamplingParams};
 use crate::model::{Boundary, Logits, Observer};
 use crate::pipeline::Pipeline;
@@ -21,9 +22,9 @@ const PROBE_TEXT: &str = "Hello, world! 2+2=4";
 const CHAT_PROBE: &str = "What is 2+2?";
 
 /// Runs the stages in order; the last stage in the result is the first failure, if any.
-pub fn check(path: &Path) -> Vec<Stage> {
+pub fn check(path: &Path, backend: BackendKind) -> Vec<Stage> {
     let mut stages = Vec::new();
-    let pipeline = match Pipeline::open(path) {
+    let pipeline = match Pipeline::open_on(path, backend) {
         Ok(p) => p,
         Err(e) => {
             stages.push(Stage { name: "open", passed: false, detail: e.to_string() });

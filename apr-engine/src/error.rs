@@ -25,8 +25,10 @@ impl ParseError {
     }
 }
 
-/// Every error the library returns.
+/// Every error the library returns. Callers that branch on a kind of failure
+/// match its variant (never its text); more variants may come.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("{}: {source}", path.display())]
     Format { path: PathBuf, source: ParseError },
@@ -38,6 +40,30 @@ pub enum Error {
     Unsupported(String),
     #[error("{0}")]
     Invalid(String),
+    /// A forward call would write past the KV cache's positions.
+    #[error("context full: {used} + {requested} tokens > {capacity} positions")]
+    ContextFull { used: usize, requested: usize, capacity: usize },
+    /// A weight the architecture needs is not in the file.
+    #[error("{}: tensor {name} is missing", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+    /// A tensor's shape is not the one the configuration implies.
+    #[error("{}: tensor {name} has shape {actual:?}, the configuration needs {expected:?}{}", path.display(), if actual.iter().rev().eq(expected.iter()) { " (transposed)" } else { "" })]
+    ShapeMismatch { path: PathBuf, name: String, actual: Vec<u64>, expected: Vec<u64> },
+    /// A backend could not do what was asked (a device out of memory, a failed launch).
+    #[error("backend {backend}: {message}")]
+    Backend { backend: &'static str, message: String },
+    /// Bytes that are not a whole number of a dtype's blocks, or a dtype without a codec.
+    #[error(transparent)]
+    Quant(#[from] crate::quant::QuantError),
+    /// A model's tokenizer metadata is missing, malformed or of an unsupported kind.
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    /// A weight matrix whose bytes do not match its dtype and shape.
+    #[error(transparent)]
+    WeightShape(#[from] crate::backend::WeightShapeError),
+    /// A shape that is not a whole number of its dtype's blocks, or overflows.
+    #[error(transparent)]
+    Size(#[from] crate::dtype::SizeError),
 }
 
 impl Error {

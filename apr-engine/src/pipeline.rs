@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::backend::cpu::Cpu;
+use crate::backend::BackendKind;
 use crate::container::{Metadata, ModelFile};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -19,10 +19,15 @@ pub struct Pipeline {
 impl Pipeline {
     /// Opens a model file on the CPU backend.
     pub fn open(path: impl AsRef<Path>) -> Result<Pipeline> {
+        Pipeline::open_on(path, BackendKind::Cpu)
+    }
+
+    /// Opens a model file on `backend`.
+    pub fn open_on(path: impl AsRef<Path>, backend: BackendKind) -> Result<Pipeline> {
         let started = Instant::now();
         let file = ModelFile::open(path.as_ref())?;
         // The model first: its checks (the tokens array against the embedding) say more.
-        let model = Model::load(file, Box::new(Cpu)).map_err(|e| e.about_file(path.as_ref()))?;
+        let model = Model::load(file, backend).map_err(|e| e.about_file(path.as_ref()))?;
         let tokenizer = Tokenizer::from_metadata(model.file.metadata())
             .map_err(|e| Error::Invalid(format!("{}: tokenizer: {e}", path.as_ref().display())))?;
         Ok(Pipeline { model, tokenizer, load_time: started.elapsed() })

@@ -1,10 +1,47 @@
-//! Backends are candidates too: the same 0.5B file on the SIMD CPU backend
-//! (8-bit activations, integer dots) and on the reference backend (F32
-//! dequantize-and-dot in f64) is compared with trace-diff like two files.
+//! Backends are candidates too: the same file on the SIMD CPU backend (8-bit
+//! activations, integer dots) and on the reference backend (F32
+//! dequantize-and-dot in f64) is compared with trace-diff. By default that is
+//! an isolated comparison (each candidate operation fed the reference's
+//! input, judged per operation); two correct backends must pass it on both
+//! reference models. (Broken backends: `fault_injection.rs`.)
 
+use apr_engine::backend::cuda::Cuda;
 use apr_engine::backend::BackendKind;
-use apr_engine::testing::models::QWEN_0_5B;
-use apr_engine::tracediff::{trace_diff_paths, Tolerance, TraceDiffOptions, Verdict};
+use apr_engine::container::ModelFile;
+use apr_engine::model::{Boundary, Model};
+use apr_engine::testing::broken_backend::{BrokenOp, OpFault};
+use apr_engine::testing::models::{QWEN_0_5B, SMOLLM2};
+use apr_engine::tracediff::{trace_diff, trace_diff_paths, Mode, Side, Tolerance, TraceDiffOptions, Verdict};
+
+const PROMPTS: [&str; 3] =
+    ["What is 2+2?", "Write a Python function that reverses a string.", "Name three primary colors."];
+
+#[test]
+fn cpu_and_cpu_reference_pass_isolated_on_both_models_and_several_prompts() {
+    for model in [QWEN_0_5B, SMOLLM2] {
+        let path = model.require();
+        for prompt in PROMPTS {
+            let options = TraceDiffOptions {
+                max_tokens: 4,
+                candidate_backend: BackendKind::CpuReference,
+                ..TraceDiffOptions::new(prompt)
+            };
+            let report = trace_diff_paths(&path, &path, &options).unwrap();
+            assert_eq!(report.mode, Mode::Isolated, "one file on two backends is isolated by default");
+            assert_eq!(
+                (report.reference_backend.as_str(), report.candidate_backend.as_str()),
+                ("cpu", "cpu-reference")
+            );
+            assert!(
+                matches!(report.verdict, Verdict::Identical | Verdict::NumericallyEquivalent { .. }),
+                "{} {prompt:?}: {} {:?}",
+                path.display(),
+                report.verdict,
+                report.evidence
+            );
+        }
+    }
+}
 
 fn options(tolerance: Tolerance) -> TraceDiffOptions {
     TraceDiffOptions {
@@ -32,7 +69,9 @@ fn simd_and_reference_backends_agree_within_activation_quantization() {
 fn a_strict_backend_diff_points_at_the_computation_not_the_weights() {
     let model = QWEN_0_5B.require();
     let strict = Tolerance { logits_max_abs: 1e-3, nmse: 1e-6, cosine: 0.999_999 };
-    let report = trace_diff_paths(&model, &model, &options(strict)).unwrap();
+    let report =
+        trace_diff_paths(&model, &model, &TraceDiffOptions { mode: Mode::Lockstep, ..options(strict) }).unwrap();
+    assert_eq!(report.mode, Mode::Lockstep);
     assert!(!report.verdict.passed());
     assert!(
         report.evidence.iter().any(|e| e.contains("no tensor of layer")),
@@ -41,10 +80,42 @@ fn a_strict_backend_diff_points_at_the_computation_not_the_weights() {
     );
 }
 
+/// CUDA against the exact backend, isolated, on both reference models: where
+/// CUDA is absent, asking for it is an error that says why (never a pass).
 #[test]
-fn an_absent_backend_is_an_error_not_a_pass() {
-    let model = QWEN_0_5B.require();
-    let options = TraceDiffOptions { candidate_backend: BackendKind::Cuda, ..TraceDiffOptions::new("Hi") };
-    let err = trace_diff_paths(&model, &model, &options).unwrap_err();
-    assert!(err.to_string().contains("CUDA"), "{err}");
+fn cuda_passes_isolated_against_the_exact_backend_or_is_an_error_naming_why() {
+    for model in [QWEN_0_5B, SMOLLM2] {
+        let path = model.require();
+        let options = TraceDiffOptions {
+            max_tokens: 4,
+            reference_backend: BackendKind::CpuReference,
+            candidate_backend: BackendKind::Cuda,
+            ..TraceDiffOptions::new(PROMPTS[0])
+        };
+        let outcome = trace_diff_paths(&path, &path, &options);
+        match BackendKind::Cuda.unavailable() {
+            Some(why) => {
+                let err = outcome.unwrap_err().to_string();
+                assert!(err.contains("backend cuda") && err.contains(&why), "{err}");
+            }
+            None => {
+                let report = outcome.unwrap();
+                assert_eq!((report.mode, report.candidate_backend.as_str()), (Mode::Isolated, "cuda"));
+                // f32 dots over the same dequantized weights: far inside the bounds.
+                assert!(
+                    matches!(report.verdict, Verdict::NumericallyEquivalent { max_diff } if max_diff < 1e-3),
+                    "{} {:?}",
+                    report.verdict,
+                    report.evidence
+                );
+                // A CUDA backend with RoPE skipped in layer 9 is caught there.
+                let reference = Side::open_on(&path, BackendKind::CpuReference).unwrap();
+                let file = ModelFile::open(&path).unwrap();
+                let broken = Model::load_on(file, BrokenOp::new(Cuda::new().unwrap(), OpFault::SkipRope { layer: 9 }));
+                let report = trace_diff(&reference, &Side::of(broken.unwrap()), &options).unwrap();
+                let Verdict::Diverged { layer, boundary, .. } = report.verdict else { panic!("{}", report.verdict) };
+                assert_eq!((layer, boundary), (Some(9), Some(Boundary::AttnOutput)));
+            }
+        }
+    }
 }

@@ -221,7 +221,7 @@ fn rows_as_llama_cpp_ran(model: &Model, prompt: &[u32], generated: &[u32]) -> Ve
 /// llama.cpp's top-20 ids: which side is off.
 fn third_opinion(pipeline: &Pipeline, prompt: &[u32], generated: &[u32], top20: &Value, ours: &[f32], pos: usize) {
     let file = ModelFile::open(&pipeline.model.file.path).unwrap();
-    let exact_model = Model::load(file, BackendKind::CpuReference.create().unwrap()).unwrap();
+    let exact_model = Model::load(file, BackendKind::CpuReference).unwrap();
     let exact = &rows_as_llama_cpp_ran(&exact_model, prompt, generated)[pos];
     let pairs: Vec<(usize, f32)> = top20
         .as_array()

@@ -5,14 +5,19 @@
 
 use std::path::{Path, PathBuf};
 
+use apr_engine::backend::cpu::Cpu;
 use apr_engine::container::FormatKind;
 use apr_engine::container::{MetaValue, ModelFile};
 use apr_engine::convert::{convert, ConvertOptions, DTypeChoice};
 use apr_engine::dtype::DType;
+use apr_engine::model::Model;
 use apr_engine::model::{Boundary, KvFault};
+use apr_engine::testing::broken_backend::{BrokenOp, OpFault};
 use apr_engine::testing::faults::{write_faulty_copy, Fault};
 use apr_engine::testing::models::{ReferenceModel, QWEN_0_5B, SMOLLM2};
-use apr_engine::tracediff::{trace_diff_paths, Classification, Tolerance, TraceDiffOptions, TraceDiffReport, Verdict};
+use apr_engine::tracediff::{
+    trace_diff, trace_diff_paths, Classification, Mode, Side, Tolerance, TraceDiffOptions, TraceDiffReport, Verdict,
+};
 
 const PROMPT: &str = "What is 2+2?";
 
@@ -232,4 +237,46 @@ fn wrong_rope_base_is_a_position_bug_named_at_its_first_position() {
         "{:?}",
         report.evidence
     );
+}
+
+// ---------------------------------------------------------------- broken backends
+
+/// The 0.5B on the CPU backend against itself on a CPU backend with one wrong
+/// operation: isolated by default (one file, two backends).
+fn diff_broken(fault: OpFault) -> TraceDiffReport {
+    let path = reference();
+    let reference = Side::open(&path).unwrap();
+    let broken = Model::load_on(ModelFile::open(&path).unwrap(), BrokenOp::new(Cpu, fault)).unwrap();
+    let options = TraceDiffOptions { max_tokens: 4, ..TraceDiffOptions::new(PROMPT) };
+    let report = trace_diff(&reference, &Side::of(broken), &options).unwrap();
+    eprintln!("{fault:?}: {}", report.verdict);
+    for e in &report.evidence {
+        eprintln!("  evidence: {e}");
+    }
+    assert_eq!(report.mode, Mode::Isolated);
+    report
+}
+
+#[test]
+fn a_backend_that_skips_one_layers_rope_is_named_by_layer_and_operation() {
+    let report = diff_broken(OpFault::SkipRope { layer: 9 });
+    // Position 0 rotates by nothing: the first positions agree, later ones do not.
+    let (class, layer, boundary) = classification(&report);
+    assert_eq!((class, layer, boundary), (Classification::ContextOverflow, Some(9), Some(Boundary::AttnOutput)));
+    assert!(report.evidence[0].contains("layer 9, RoPE + attention + output projection"), "{:?}", report.evidence);
+}
+
+#[test]
+fn a_backend_that_offsets_one_layers_attention_is_named() {
+    let report = diff_broken(OpFault::OffsetAttention { layer: 5, offset: 5e-2 });
+    let (class, layer, boundary) = classification(&report);
+    assert_eq!((class, layer, boundary), (Classification::LayerCorrupted(5), Some(5), Some(Boundary::AttnOutput)));
+}
+
+#[test]
+fn a_backend_with_the_wrong_rms_epsilon_fails_at_the_first_norm() {
+    let report = diff_broken(OpFault::RmsEps(1e-2));
+    let (_, layer, boundary) = classification(&report);
+    assert_eq!((layer, boundary), (Some(0), Some(Boundary::AttnNorm)));
+    assert!(report.evidence[0].contains("layer 0, the attention norm"), "{:?}", report.evidence);
 }

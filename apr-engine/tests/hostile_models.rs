@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use apr_engine::backend::cpu::Cpu;
+use apr_engine::backend::BackendKind;
 use apr_engine::container::{
     FileSource, MetaArray, MetaValue, Metadata, ModelFile, TensorSource, TensorSpec, WriteOptions,
 };
@@ -141,7 +141,7 @@ fn f16_norms_compute_like_f32_norms() {
     let as_f32: Vec<u8> = values.iter().flat_map(|&v| half::f16::from_f32(v).to_f32().to_le_bytes()).collect();
     let logits = |dtype, bytes| {
         let path = Edited::of(&model).retype("output_norm.weight", dtype, &[576], bytes).write(dir.path());
-        let model = Model::load(ModelFile::open(&path).unwrap(), Box::new(Cpu)).unwrap();
+        let model = Model::load(ModelFile::open(&path).unwrap(), BackendKind::Cpu).unwrap();
         model.forward(&[1, 2, 3], &mut model.new_cache(8), apr_engine::model::Logits::Last).unwrap()
     };
     assert_eq!(logits(DType::F16, as_f16), logits(DType::F32, as_f32));

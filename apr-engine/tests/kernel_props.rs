@@ -15,9 +15,10 @@
 //!   the dequantizing path of Q2_K/Q3_K;
 //! - on tensors of the real models every dtype they use meets the exact-dot bound.
 
+use apr_engine::backend::WeightMatrix;
 use apr_engine::kernels::dot::{self, Kernel, RowDot, Rows8Kernel, Rows8Path, TileDot, TILE};
+use apr_engine::kernels::matmul;
 use apr_engine::kernels::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
-use apr_engine::kernels::{matmul, WeightMatrix};
 use apr_engine::testing::models::{QWEN_0_5B, QWEN_1_5B, SMOLLM2};
 use apr_engine::{quant, DType, ModelFile};
 use proptest::prelude::*;

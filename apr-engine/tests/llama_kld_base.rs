@@ -330,7 +330,7 @@ const MEASURE_CTX: usize = 32;
 const MEASURE_CHUNKS: usize = 2;
 
 fn smollm2_on(backend: BackendKind) -> Model {
-    Model::load(ModelFile::open(SMOLLM2.require()).unwrap(), backend.create().unwrap()).unwrap()
+    Model::load(ModelFile::open(SMOLLM2.require()).unwrap(), backend).unwrap()
 }
 
 fn measured_chunks() -> Chunks {
@@ -365,7 +365,9 @@ fn exact_logits_in_llama_cpps_file_are_at_the_distance_of_their_rounding() {
     let llama = report.llama_cpp.as_ref().unwrap();
     // u16 codes over 16 nats: half a step is 1.2e-4 nats.
     assert!(llama.max_abs_dlogprob < 5e-4, "{llama:?}");
-    assert!(llama.mean_kl < 1e-7 && llama.top1_agreement == 1.0, "{llama:?}");
+    // The floored tail is one outcome whose mass is what the rounded kept
+    // tokens leave: measured at mean KL 3.2e-7, max 2.1e-6 on these chunks.
+    assert!(llama.mean_kl < 1e-6 && llama.max_kl < 1e-5 && llama.top1_agreement == 1.0, "{llama:?}");
     assert_eq!(llama.max_abs_dlogit, None, "the file holds no logits");
 
     // apr's fast kernels (8-bit activations) against exact math: measured at
@@ -375,8 +377,15 @@ fn exact_logits_in_llama_cpps_file_are_at_the_distance_of_their_rounding() {
     assert!(apr.top1_agreement >= 0.9, "{apr:?}");
     assert!(apr.max_abs_dlogit.is_some_and(|d| d > 0.0 && d < 2.0), "{apr:?}");
     // Against a "llama.cpp" that is exact math, apr's whole KL is the difference.
+    // (Both scored over the outcomes the file tells apart, which for apr loses
+    // almost nothing: the merged tail is a lower bound of the full KL.)
+    let on_llama_outcomes = report.apr_mean_kl_on_llama_outcomes.unwrap();
+    assert!(on_llama_outcomes <= apr.mean_kl && on_llama_outcomes > 0.99 * apr.mean_kl, "{on_llama_outcomes} {apr:?}");
     let difference = report.apr_minus_llama_cpp.unwrap();
-    assert!((difference.mean - apr.mean_kl).abs() < 1e-6 && difference.is_significant(), "{difference:?}");
+    assert!(
+        (difference.mean - apr.mean_kl).abs() < 0.01 * apr.mean_kl && difference.is_significant(),
+        "{difference:?}"
+    );
     for p in &report.positions {
         assert_eq!(p.target, chunks.tokens[p.chunk * MEASURE_CTX + p.pos + 1]);
         assert!(p.apr.kl.is_finite() && p.apr.kl >= 0.0, "{p:?}");

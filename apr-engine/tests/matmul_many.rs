@@ -4,7 +4,8 @@
 //! Q6_K or Q5_0 with Q8_0, gate/up) and on a synthetic mix that takes every
 //! kernel family at once (Q8 blocks, Q8_K blocks, float, dequantize-a-row).
 
-use apr_engine::kernels::{matmul, matmul_many, WeightMatrix};
+use apr_engine::backend::WeightMatrix;
+use apr_engine::kernels::{matmul, matmul_many};
 use apr_engine::testing::models::{QWEN_0_5B, QWEN_1_5B, SMOLLM2};
 use apr_engine::{quant, DType, ModelFile};
 

@@ -85,18 +85,23 @@ pub enum Expect {
     Diverged(Option<(Ident, Option<u64>)>),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Cpu,
-    Cuda,
-}
+/// A backend named in `backends = [...]`, one of [`BACKENDS`]: the generated
+/// test's suffix, and (in CamelCase) the `apr_engine::backend::BackendKind`
+/// variant, which the compiler then checks.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Backend(pub &'static str);
+
+/// The backend names the attribute accepts (`BackendKind`'s, with `_` for `-`).
+pub const BACKENDS: [&str; 3] = ["cpu", "cpu_reference", "cuda"];
 
 impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Cpu => "cpu",
-            Backend::Cuda => "cuda",
-        }
+    pub fn name(&self) -> &'static str {
+        self.0
+    }
+
+    /// `cpu_reference` -> `CpuReference`.
+    pub fn variant(&self) -> String {
+        self.0.split('_').map(|part| part[..1].to_uppercase() + &part[1..]).collect()
     }
 }
 
@@ -639,11 +644,11 @@ fn classification(expr: &Expr, errors: &mut Errors) -> Option<(Ident, Option<u64
 }
 
 fn backend(expr: &Expr, errors: &mut Errors) -> Option<Backend> {
-    match path_ident(expr).map(|i| i.to_string()).as_deref() {
-        Some("cpu") => Some(Backend::Cpu),
-        Some("cuda") => Some(Backend::Cuda),
-        _ => {
-            errors.push(expr.span(), "unknown backend: expected cpu or cuda");
+    let name = path_ident(expr).map(|i| i.to_string());
+    match BACKENDS.iter().find(|known| Some(**known) == name.as_deref()) {
+        Some(known) => Some(Backend(known)),
+        None => {
+            errors.push(expr.span(), format!("unknown backend: expected one of {}", BACKENDS.join(", ")));
             None
         }
     }

@@ -50,8 +50,8 @@ pub fn expand(spec: &Spec, func: &ItemFn, takes_report: bool) -> TokenStream {
     } else {
         quote!(|_: &::apr_engine::testing::Report| #name())
     };
-    let backends = if spec.backends.is_empty() { vec![Backend::Cpu] } else { spec.backends.clone() };
-    let tests = backends.iter().map(|&backend| {
+    let backends = if spec.backends.is_empty() { vec![Backend("cpu")] } else { spec.backends.clone() };
+    let tests = backends.iter().map(|backend| {
         let test_name = format_ident!("{}_{}", name, backend.name());
         let spec_tokens = spec_tokens(spec, &name.to_string(), &test_name.to_string(), backend);
         quote! {
@@ -70,7 +70,7 @@ pub fn expand(spec: &Spec, func: &ItemFn, takes_report: bool) -> TokenStream {
     }
 }
 
-fn spec_tokens(spec: &Spec, function: &str, test: &str, backend: Backend) -> TokenStream {
+fn spec_tokens(spec: &Spec, function: &str, test: &str, backend: &Backend) -> TokenStream {
     let s = quote!(::apr_engine::testing::spec);
     let kind = match spec.kind {
         Kind::FormatEquivalence => quote!(#s::Kind::FormatEquivalence),
@@ -91,10 +91,8 @@ fn spec_tokens(spec: &Spec, function: &str, test: &str, backend: Backend) -> Tok
     let containers = spec.containers.iter().map(|&c| container(c));
     let tensors = &spec.tensors;
     let golden = option(spec.golden.as_ref().map(|g| quote!(#g)));
-    let backend = match backend {
-        Backend::Cpu => quote!(#s::BackendKind::Cpu),
-        Backend::Cuda => quote!(#s::BackendKind::Cuda),
-    };
+    let variant = format_ident!("{}", backend.variant());
+    let backend = quote!(::apr_engine::backend::BackendKind::#variant);
     quote! {
         #s::TestSpec {
             function: #function,

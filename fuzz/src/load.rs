@@ -10,7 +10,7 @@
 //! breaks what the next step relies on (token ids outside the vocabulary,
 //! logits of the wrong length).
 
-use apr_engine::backend::cpu::Cpu;
+use apr_engine::backend::BackendKind;
 use apr_engine::container::ModelFile;
 use apr_engine::model::weights::ModelWeights;
 use apr_engine::model::{Logits, Model, ModelConfig};
@@ -88,7 +88,7 @@ pub fn load_and_run(input: &[u8]) -> Outcome {
         return outcome;
     }
     outcome.reached = Reached::Located;
-    let Ok(model) = Model::load(file, Box::new(Cpu)) else { return outcome };
+    let Ok(model) = Model::load(file, BackendKind::Cpu) else { return outcome };
     assert_eq!(model.config, config, "Model::load read another configuration");
     outcome.reached = Reached::Loaded;
 

@@ -126,8 +126,14 @@ pub struct Position {
     pub target: u32,
     pub exact_top1: u32,
     pub apr: Distance,
+    /// llama.cpp's distance: its KL is over the outcomes its file tells apart
+    /// (see [`tail_merged_kl`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub llama_cpp: Option<Distance>,
+    /// apr's KL over the same outcomes as llama.cpp's (its tokens above
+    /// llama.cpp's floor, and the rest as one): what the paired difference uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apr_kl_on_llama_outcomes: Option<f64>,
 }
 
 /// An engine's figures over all scored positions.
@@ -156,7 +162,12 @@ pub struct KldReport {
     pub apr: Summary,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub llama_cpp: Option<Summary>,
-    /// apr's KL minus llama.cpp's, position by position.
+    /// The mean of [`Position::apr_kl_on_llama_outcomes`]: apr's mean KL
+    /// scored as llama.cpp's is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apr_mean_kl_on_llama_outcomes: Option<f64>,
+    /// apr's KL minus llama.cpp's, position by position, both over the
+    /// outcomes llama.cpp's file tells apart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apr_minus_llama_cpp: Option<PairedDifference>,
     pub positions: Vec<Position>,
@@ -215,8 +226,12 @@ pub fn measure(
         llama.map(|_| summarize(positions.iter().filter_map(|p| Some((p.llama_cpp.as_ref()?, p.exact_top1)))));
     let apr_minus_llama_cpp = llama.map(|_| {
         let differences: Vec<f64> =
-            positions.iter().filter_map(|p| Some(p.apr.kl - p.llama_cpp.as_ref()?.kl)).collect();
+            positions.iter().filter_map(|p| Some(p.apr_kl_on_llama_outcomes? - p.llama_cpp.as_ref()?.kl)).collect();
         PairedDifference::of(&differences)
+    });
+    let apr_mean_kl_on_llama_outcomes = llama.map(|_| {
+        let kls: Vec<f64> = positions.iter().filter_map(|p| p.apr_kl_on_llama_outcomes).collect();
+        kls.iter().sum::<f64>() / kls.len().max(1) as f64
     });
     Ok(KldReport {
         schema: SCHEMA,
@@ -226,6 +241,7 @@ pub fn measure(
         exact: exact.backend_name(),
         apr,
         llama_cpp,
+        apr_mean_kl_on_llama_outcomes,
         apr_minus_llama_cpp,
         positions,
     })
@@ -251,13 +267,26 @@ fn measure_chunk(
         let row = pos * vocab..(pos + 1) * vocab;
         let (exact_row, fast_row) = (&exact_logits[row.clone()], &fast_logits[row]);
         let exact_lp = log_softmax(exact_row);
-        let mut apr = distance(&exact_lp, &log_softmax(fast_row));
+        let fast_lp = log_softmax(fast_row);
+        let mut apr = distance(&exact_lp, &fast_lp);
         apr.max_abs_dlogit = Some(max_abs_difference(exact_row, fast_row));
-        let llama_cpp = llama.map(|base| {
+        let scored_llama = llama.map(|base| {
             let record = c * scored.len() + i;
-            let llama_lp: Vec<f64> = base.log_probs(record).into_iter().map(f64::from).collect();
-            distance(&exact_lp, &llama_lp)
+            let quantization = base.quantization(record);
+            let codes: Vec<u16> = base.codes(record).collect();
+            let llama_lp: Vec<f64> = codes.iter().map(|&code| f64::from(quantization.decode(code))).collect();
+            // Code 0 is the floor: those tokens' log-probabilities are not in the file.
+            let kept: Vec<bool> = codes.iter().map(|&code| code > 0).collect();
+            let mut d = distance(&exact_lp, &llama_lp);
+            let floored = floored_mass(&llama_lp, &kept, quantization.scale);
+            d.kl = tail_merged_kl(&exact_lp, &llama_lp, &kept, floored);
+            let apr_floored = fast_lp.iter().zip(&kept).filter(|(_, &k)| !k).map(|(lp, _)| lp.exp()).sum::<f64>();
+            (d, tail_merged_kl(&exact_lp, &fast_lp, &kept, apr_floored))
         });
+        let (llama_cpp, apr_kl_on_llama_outcomes) = match scored_llama {
+            Some((d, apr_kl)) => (Some(d), Some(apr_kl)),
+            None => (None, None),
+        };
         positions.push(Position {
             chunk: c,
             pos,
@@ -265,6 +294,7 @@ fn measure_chunk(
             exact_top1: argmax(&exact_lp),
             apr,
             llama_cpp,
+            apr_kl_on_llama_outcomes,
         });
     }
     Ok(positions)
@@ -295,6 +325,51 @@ fn distance(exact: &[f64], engine: &[f64]) -> Distance {
         .fold(0.0, f64::max);
     // Rounding can leave a KL of identical rows a hair below zero.
     Distance { kl: kl.max(0.0), top1: argmax(engine), max_abs_dlogprob, max_abs_dlogit: None }
+}
+
+/// KL(exact || engine) over the outcomes an engine's row tells apart: each
+/// `kept` token, and all the others as one outcome, of engine probability
+/// `engine_rest`.
+///
+/// llama.cpp's base file floors every token more than 16 nats below its top
+/// (code 0): with Qwen2.5's 152k tokens, most of the vocabulary (exact mass
+/// ~7e-4 a position). Scored as if the floor were their log-probability, each
+/// such token adds `p (log p - floor) < 0`, about -8e-4 a position in all:
+/// more than the KL itself. Merged into one outcome, the tail counts as a
+/// KL term of its own, never negative (a lower bound of the full KL, by the
+/// data-processing inequality; on Qwen2.5-0.5B within 0.1% of it).
+fn tail_merged_kl(exact: &[f64], engine: &[f64], kept: &[bool], engine_rest: f64) -> f64 {
+    let (mut kl, mut exact_rest) = (0.0, 0.0);
+    for ((&p, &q), &k) in exact.iter().zip(engine).zip(kept) {
+        if k {
+            kl += p.exp() * (p - q);
+        } else {
+            exact_rest += p.exp();
+        }
+    }
+    if exact_rest > 0.0 {
+        kl += exact_rest * (exact_rest / engine_rest.max(f64::MIN_POSITIVE)).ln();
+    }
+    kl.max(0.0)
+}
+
+/// The probability llama.cpp's row leaves to its floored tokens: what its
+/// kept tokens leave of 1 (its log-probabilities are normalized over the
+/// whole vocabulary). Each kept value is rounded to a step of `scale` (the
+/// top one exactly: it is the top of the range), so the remainder is known
+/// only to half a step times the kept mass below the top; it is not taken
+/// below that (rounding can leave it negative where the tail is ~1e-7).
+fn floored_mass(log_probs: &[f64], kept: &[bool], scale: f32) -> f64 {
+    let top = log_probs.iter().zip(kept).filter(|(_, &k)| k).map(|(&lp, _)| lp).fold(f64::NEG_INFINITY, f64::max);
+    let (mut kept_mass, mut below_top) = (0.0, 0.0);
+    for (&lp, _) in log_probs.iter().zip(kept).filter(|(_, &k)| k) {
+        kept_mass += lp.exp();
+        if lp < top {
+            below_top += lp.exp();
+        }
+    }
+    let uncertainty = 0.5 * f64::from(scale) * below_top;
+    (1.0 - kept_mass).max(uncertainty)
 }
 
 fn max_abs_difference(a: &[f32], b: &[f32]) -> f64 {
@@ -364,6 +439,34 @@ mod tests {
         let exact = [0.0, -5.0, -30.0];
         let engine = [0.0, -5.5, -20.0];
         assert_eq!(distance(&exact, &engine).max_abs_dlogprob, 0.5);
+    }
+
+    #[test]
+    fn a_floored_tail_counts_as_one_outcome() {
+        // Exact: (0.9, 0.05, 0.03, 0.02); the engine floors the last two at
+        // a value above their true one, as llama.cpp's file does.
+        let exact: Vec<f64> = [0.9f64, 0.05, 0.03, 0.02].iter().map(|p| p.ln()).collect();
+        let engine_true: Vec<f64> = [0.88f64, 0.06, 0.04, 0.02].iter().map(|p| p.ln()).collect();
+        let mut floored = engine_true.clone();
+        floored[2] = 0.05f64.ln();
+        floored[3] = 0.05f64.ln();
+        let kept = [true, true, false, false];
+        let rest = floored_mass(&floored, &kept, 0.0);
+        assert!((rest - 0.06).abs() < 1e-12);
+        let merged = tail_merged_kl(&exact, &floored, &kept, rest);
+        let want = 0.9 * (0.9f64 / 0.88).ln() + 0.05 * (0.05f64 / 0.06).ln() + 0.05 * (0.05f64 / 0.06).ln();
+        assert!((merged - want).abs() < 1e-12);
+        // Never above the full KL, and the floored row read as is comes out lower still.
+        assert!(merged <= distance(&exact, &engine_true).kl + 1e-15);
+        assert!(distance(&exact, &floored).kl < merged);
+    }
+
+    #[test]
+    fn a_rounded_away_tail_is_kept_at_the_rounding_error() {
+        // The kept values round to a total above 1: the tail is taken as the rounding error.
+        let lp = [0.5f64.ln(), 0.500_000_1f64.ln(), -40.0];
+        let rest = floored_mass(&lp, &[true, true, false], 2.0e-4);
+        assert!((rest - 0.5 * 2.0e-4 * 0.5).abs() < 1e-10, "{rest}");
     }
 
     #[test]

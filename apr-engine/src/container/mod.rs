@@ -225,6 +225,12 @@ impl ModelFile {
     }
 }
 
+impl AsRef<[u8]> for ModelFile {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 /// A sharded Hugging Face checkpoint (`model.safetensors.index.json` naming
 /// several `model-0000N-of-0000M.safetensors`) is refused with a message that
 /// says so, instead of a missing-file error or a model missing most of its

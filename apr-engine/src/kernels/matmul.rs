@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::dot::{self, RowDot, Rows8K, Rows8Kernel, Rows8Path, Rows8Q8, TileDot, TILE};
 use super::layout::{QK, QK_K};
 use super::q8_act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
-use super::WeightMatrix;
+use crate::backend::WeightMatrix;
 use crate::quant;
 
 /// Weight bytes a chunk should keep hot while all tokens pass over it (well inside L2).

@@ -13,38 +13,7 @@ use crate::quant;
 
 pub use matmul::{matmul, matmul_many};
 
-/// A row-major `[rows, cols]` weight borrowed in its file dtype.
-#[derive(Debug, Clone, Copy)]
-pub struct WeightMatrix<'a> {
-    pub dtype: DType,
-    pub rows: usize,
-    pub cols: usize,
-    pub bytes: &'a [u8],
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct KernelError(String);
-
-impl<'a> WeightMatrix<'a> {
-    pub fn new(dtype: DType, rows: usize, cols: usize, bytes: &'a [u8]) -> Result<Self, KernelError> {
-        let expected = dtype.byte_size(&[rows as u64, cols as u64]).map_err(|e| KernelError(e.to_string()))?;
-        if expected != bytes.len() as u64 {
-            return Err(KernelError(format!("{dtype} [{rows}, {cols}] needs {expected} bytes, got {}", bytes.len())));
-        }
-        Ok(WeightMatrix { dtype, rows, cols, bytes })
-    }
-
-    /// Bytes of one row (whole blocks: `new` checked `cols` is a multiple of the block size).
-    pub fn row_bytes(&self) -> usize {
-        self.cols / self.dtype.block_elems() * self.dtype.block_bytes()
-    }
-
-    pub fn row(&self, r: usize) -> &'a [u8] {
-        let n = self.row_bytes();
-        &self.bytes[r * n..(r + 1) * n]
-    }
-}
+use crate::backend::WeightMatrix;
 
 /// Row `row` of `w` as f32 (the embedding lookup).
 pub fn row_f32(w: &WeightMatrix, row: usize, out: &mut [f32]) {
@@ -60,5 +29,27 @@ pub fn kernel_name(dtype: DType) -> &'static str {
             DType::Q3_K => "Q3_K dequant×F32",
             _ => "dequant×F32",
         },
+    }
+}
+
+/// `x` as the kernel for `dtype` computes with it: rounded to its 8-bit
+/// activation blocks and back (Q8 blocks of 32, or Q8_K blocks of 256 for the
+/// K-quants), or unchanged for float kernels. What trace-diff's isolation uses
+/// to tell 8-bit rounding noise from a wrong result.
+pub fn activations_as_seen(dtype: DType, x: &[f32]) -> Vec<f32> {
+    use layout::{QK, QK_K};
+    let dot = dot::best_kernel(dtype).map(|k| k.dot);
+    match dot {
+        Some(dot::RowDot::Q8(_)) if x.len().is_multiple_of(QK) => {
+            let mut blocks = vec![q8_act::BlockQ8::default(); x.len() / QK];
+            q8_act::quantize_q8(x, &mut blocks);
+            blocks.iter().flat_map(|b| b.qs.iter().map(move |&q| b.d * q as f32)).collect()
+        }
+        Some(dot::RowDot::Q8K(_)) if x.len().is_multiple_of(QK_K) => {
+            let mut blocks = vec![q8_act::BlockQ8K::default(); x.len() / QK_K];
+            q8_act::quantize_q8k(x, &mut blocks);
+            blocks.iter().flat_map(|b| b.qs.iter().map(move |&q| b.d * q as f32)).collect()
+        }
+        _ => x.to_vec(),
     }
 }

@@ -1,155 +1,19 @@
-//! The decoder forward pass, written once against [`Backend`].
+//! The decoder forward pass, written once against [`Backend`] and run over a
+//! batch of sequences: every row of every sequence goes through the norms and
+//! projections together; RoPE, the KV cache and attention take each sequence
+//! at its own positions in its own cache.
 
-use std::sync::{Mutex, TryLockError};
-use std::time::{Duration, Instant};
+use std::borrow::Cow;
+use std::sync::TryLockError;
+use std::time::Instant;
 
-use crate::backend::{AttentionShape, Backend};
-use crate::container::ModelFile;
+use super::engine::Engine;
+use super::observer::{Boundary, Observer, Op};
+use super::workspace::{Activations, Workspace};
+use super::KvCache;
+use crate::backend::{AttentionShape, Backend, SeqSpan};
 use crate::error::{Error, Result};
-use crate::kernels;
-use crate::model::config::ModelConfig;
-use crate::model::kv_cache::KvCache;
-use crate::model::weights::{matrix, ModelWeights, TensorIndex};
-use crate::quant;
-
-/// A point in the forward pass where activations can be observed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Boundary {
-    Embedding,
-    AttnNorm,
-    Q,
-    K,
-    V,
-    AttnOutput,
-    AttnResidual,
-    FfnNorm,
-    FfnOutput,
-    /// The layer's output.
-    FfnResidual,
-    FinalNorm,
-    Logits,
-}
-
-/// One timed operation of the forward pass (what `--trace` and `--profile` report).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Op {
-    Embedding,
-    AttnNorm,
-    QkvProjection,
-    Rope,
-    Attention,
-    OutProjection,
-    AttnResidual,
-    FfnNorm,
-    GateUpProjection,
-    Activation,
-    DownProjection,
-    FfnResidual,
-    FinalNorm,
-    LmHead,
-}
-
-/// Sees what the forward pass does: each call's positions, the activations
-/// at every boundary (`n_tokens` rows each) and, when asked, each
-/// operation's duration. `layer` is `None` outside the decoder layers.
-pub trait Observer {
-    /// A forward call over positions `start..start + n_tokens` begins.
-    fn begin(&mut self, _start: usize, _n_tokens: usize) {}
-    fn observe(&mut self, layer: Option<usize>, boundary: Boundary, values: &[f32]);
-    /// Whether [`Observer::timed`] should be called (the clock is read only then).
-    fn wants_timing(&self) -> bool {
-        false
-    }
-    fn timed(&mut self, _layer: Option<usize>, _op: Op, _elapsed: Duration) {}
-    /// The forward call ends.
-    fn end(&mut self) {}
-}
-
-/// The observer of an untraced run: does nothing, costs nothing.
-pub struct NoObserver;
-
-impl Observer for NoObserver {
-    #[inline]
-    fn observe(&mut self, _: Option<usize>, _: Boundary, _: &[f32]) {}
-}
-
-/// Runs `f`, reporting its duration to `observer` if it keeps time.
-fn timed<T>(observer: &mut dyn Observer, layer: Option<usize>, op: Op, f: impl FnOnce() -> T) -> T {
-    if !observer.wants_timing() {
-        return f();
-    }
-    let started = Instant::now();
-    let result = f();
-    observer.timed(layer, op, started.elapsed());
-    result
-}
-
-/// Small per-layer vectors (norm gains, biases) dequantized once at load;
-/// every matrix stays in the file's dtype.
-#[derive(Debug, Clone)]
-struct LayerVectors {
-    attn_norm: Vec<f32>,
-    ffn_norm: Vec<f32>,
-    q_bias: Option<Vec<f32>>,
-    k_bias: Option<Vec<f32>>,
-    v_bias: Option<Vec<f32>>,
-}
-
-/// The activations of one forward call, kept by the model between calls so
-/// that decoding a token allocates nothing but its logits. Every buffer is
-/// fully overwritten before it is read.
-#[derive(Debug, Default)]
-struct Workspace {
-    /// The residual stream, `n × hidden`.
-    x: Vec<f32>,
-    /// The normed input of the current block, `n × hidden`.
-    normed: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    /// Attention output before the output projection, `n × heads × head_dim`.
-    attn: Vec<f32>,
-    /// A block's output (out or down projection), `n × hidden`.
-    block_out: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    final_norm: Vec<f32>,
-}
-
-impl Workspace {
-    /// Sizes every buffer for `n` tokens (capacity is kept, so steady decoding never reallocates).
-    fn prepare(&mut self, c: &ModelConfig, n: usize) {
-        let q_dim = c.heads * c.head_dim;
-        let kv_dim = c.kv_heads * c.head_dim;
-        for (buf, width) in [
-            (&mut self.x, c.hidden),
-            (&mut self.normed, c.hidden),
-            (&mut self.q, q_dim),
-            (&mut self.k, kv_dim),
-            (&mut self.v, kv_dim),
-            (&mut self.attn, q_dim),
-            (&mut self.block_out, c.hidden),
-            (&mut self.gate, c.ffn),
-            (&mut self.up, c.ffn),
-        ] {
-            buf.resize(n * width, 0.0);
-        }
-    }
-}
-
-/// A loaded decoder: the mapped file, where its weights are, and a backend.
-pub struct Model {
-    pub file: ModelFile,
-    pub config: ModelConfig,
-    pub weights: ModelWeights,
-    backend: Box<dyn Backend>,
-    layer_vectors: Vec<LayerVectors>,
-    output_norm: Vec<f32>,
-    /// Reused by forward calls; a call that finds it busy (another thread) uses a fresh one.
-    workspace: Mutex<Workspace>,
-}
+use crate::model::KvFault;
 
 /// Which positions of a forward call produce logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,67 +22,20 @@ pub enum Logits {
     All,
 }
 
-impl Model {
-    pub fn load(file: ModelFile, backend: Box<dyn Backend>) -> Result<Model> {
-        let config = ModelConfig::from_metadata(file.metadata(), file.tensors())?;
-        let weights = ModelWeights::locate(&file, &config)?;
-        let vector = |i: TensorIndex| dequantize_vector(&file, i);
-        let optional = |i: Option<TensorIndex>| i.map(vector).transpose();
-        let layer_vectors = weights
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(LayerVectors {
-                    attn_norm: vector(l.attn_norm)?,
-                    ffn_norm: vector(l.ffn_norm)?,
-                    q_bias: optional(l.q_bias)?,
-                    k_bias: optional(l.k_bias)?,
-                    v_bias: optional(l.v_bias)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let output_norm = vector(weights.output_norm)?;
-        let workspace = Mutex::default();
-        Ok(Model { file, config, weights, backend, layer_vectors, output_norm, workspace })
-    }
+/// One sequence of a batched forward call: `tokens` run at positions
+/// `cache.len()..` of its own cache, and the logits it wants.
+pub struct Sequence<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub logits: Logits,
+}
 
-    pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
-    }
-
-    /// A KV cache sized for `context` positions.
-    pub fn new_cache(&self, context: usize) -> KvCache {
-        KvCache::new(self.config.layers, self.config.kv_heads * self.config.head_dim, context)
-    }
-
-    /// Runs `tokens` at positions `cache.len()..`, appends them to the cache,
-    /// and returns logits (`vocab` values per requested position).
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>> {
-        self.forward_observed(tokens, cache, logits, &mut NoObserver)
-    }
-
-    /// [`Model::forward`], showing `observer` the activations at every boundary.
-    pub fn forward_observed(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        logits: Logits,
-        observer: &mut dyn Observer,
-    ) -> Result<Vec<f32>> {
-        let c = &self.config;
-        let n = tokens.len();
-        let start = cache.len();
-        if n == 0 {
-            // There is no last position to produce logits for.
-            return Err(Error::Invalid("forward called with no tokens".into()));
-        }
-        if start + n > cache.capacity() {
-            return Err(Error::Invalid(format!(
-                "context full: {} + {n} tokens > {} positions",
-                start,
-                cache.capacity()
-            )));
-        }
+impl<B: Backend> Engine<B> {
+    /// Runs every sequence's tokens, appends them to its cache, and returns
+    /// each sequence's logits (`vocab` values per requested position).
+    pub(super) fn run(&self, sequences: &mut [Sequence<'_>], observer: &mut dyn Observer) -> Result<Vec<Vec<f32>>> {
+        let spans = plan(sequences)?;
+        let n = spans.iter().map(|s| s.n_tokens).sum::<usize>();
         // The buffers are overwritten before use, so a poisoned lock's contents are fine.
         let mut fresh = Workspace::default();
         let mut guard = match self.workspace.try_lock() {
@@ -226,129 +43,225 @@ impl Model {
             Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
             Err(TryLockError::WouldBlock) => None,
         };
-        let ws = guard.as_deref_mut().unwrap_or(&mut fresh);
-        ws.prepare(c, n);
-        observer.begin(start, n);
-        timed(observer, None, Op::Embedding, || self.embed(tokens, &mut ws.x))?;
-        observer.observe(None, Boundary::Embedding, &ws.x);
-        for layer in 0..c.layers {
-            self.attention_block(layer, ws, start, cache, observer);
-            self.ffn_block(layer, ws, observer);
-        }
-        cache.advance(n);
-        let rows = match logits {
-            Logits::Last => &ws.x[(n - 1) * c.hidden..],
-            Logits::All => &ws.x[..],
+        let workspace = guard.as_deref_mut().unwrap_or(&mut fresh);
+        let a = workspace.for_rows(&self.backend, &self.config, n)?;
+        observer.begin(spans[0].start_pos, n);
+        // One sequence (every decode step of run and chat) embeds its own slice; a batch, the concatenation.
+        let tokens: Cow<[u32]> = match sequences {
+            [one] => Cow::Borrowed(one.tokens),
+            _ => Cow::Owned(sequences.iter().flat_map(|s| s.tokens.iter().copied()).collect()),
         };
-        let n_rows = rows.len() / c.hidden;
-        let b = &*self.backend;
-        let final_norm = &mut ws.final_norm;
-        final_norm.resize(rows.len(), 0.0);
-        timed(observer, None, Op::FinalNorm, || b.rms_norm(rows, &self.output_norm, c.rms_eps, final_norm));
-        observer.observe(None, Boundary::FinalNorm, final_norm);
-        let mut out = vec![0.0; n_rows * c.vocab];
-        let head = matrix(&self.file, self.weights.output);
-        timed(observer, None, Op::LmHead, || b.matmul(&head, final_norm, n_rows, &mut out));
-        observer.observe(None, Boundary::Logits, &out);
+        self.timed(observer, None, Op::Embedding, || self.backend.embed(&self.embedding, &tokens, &mut a.x))?;
+        self.show(observer, None, Boundary::Embedding, &mut a.x, n * self.config.hidden)?;
+        for layer in 0..self.config.layers {
+            self.attention_block(layer, a, &spans, sequences, observer)?;
+            self.ffn_block(layer, a, n, observer)?;
+        }
+        for sequence in sequences.iter_mut() {
+            sequence.cache.advance(sequence.tokens.len());
+        }
+        let logits = self.logits(a, &spans, sequences, observer)?;
         observer.end();
-        Ok(out)
-    }
-
-    fn embed(&self, tokens: &[u32], x: &mut [f32]) -> Result<()> {
-        let table = matrix(&self.file, self.weights.embedding);
-        for (&token, row) in tokens.iter().zip(x.chunks_exact_mut(self.config.hidden)) {
-            if token as usize >= table.rows {
-                return Err(Error::Invalid(format!("token id {token} is outside the vocabulary ({})", table.rows)));
-            }
-            kernels::row_f32(&table, token as usize, row);
-        }
-        Ok(())
-    }
-
-    /// `outs[i]` = `n` rows of `input` times weight `indices[i]`, plus bias `biases[i]`:
-    /// one backend call for all the matrices (they share the activation work).
-    fn project<const N: usize>(
-        &self,
-        indices: [TensorIndex; N],
-        biases: [Option<&[f32]>; N],
-        input: &[f32],
-        n: usize,
-        outs: [&mut [f32]; N],
-    ) {
-        let ws = indices.map(|i| matrix(&self.file, i));
-        let mut outs = outs;
-        self.backend.matmul_many(&ws, input, n, &mut outs);
-        for ((out, bias), w) in outs.into_iter().zip(biases).zip(&ws) {
-            if let Some(bias) = bias {
-                out.chunks_exact_mut(w.rows).for_each(|row| self.backend.add(row, bias));
-            }
-        }
+        Ok(logits)
     }
 
     fn attention_block(
         &self,
         layer: usize,
-        ws: &mut Workspace,
-        start: usize,
-        cache: &mut KvCache,
+        a: &mut Activations<B>,
+        spans: &[SeqSpan],
+        sequences: &mut [Sequence<'_>],
         observer: &mut dyn Observer,
-    ) {
+    ) -> Result<()> {
         let c = &self.config;
-        let (w, v) = (&self.weights.layers[layer], &self.layer_vectors[layer]);
-        let b = &*self.backend;
-        let at = Some(layer);
-        let n = ws.x.len() / c.hidden;
-        let Workspace { x, normed, q, k, v: values, attn, block_out, .. } = ws;
-        timed(observer, at, Op::AttnNorm, || b.rms_norm(x, &v.attn_norm, c.rms_eps, normed));
-        observer.observe(at, Boundary::AttnNorm, normed);
-        timed(observer, at, Op::QkvProjection, || {
-            let biases = [v.q_bias.as_deref(), v.k_bias.as_deref(), v.v_bias.as_deref()];
-            self.project([w.q, w.k, w.v], biases, normed, n, [q, k, values]);
-        });
-        observer.observe(at, Boundary::Q, q);
-        observer.observe(at, Boundary::K, k);
-        observer.observe(at, Boundary::V, values);
-        timed(observer, at, Op::Rope, || {
-            b.rope(q, c.heads, c.head_dim, start, c.rope_base, self.weights.rope);
-            b.rope(k, c.kv_heads, c.head_dim, start, c.rope_base, self.weights.rope);
-        });
-        timed(observer, at, Op::Attention, || {
-            cache.store(layer, start, k, values);
-            let (keys, vals) = cache.layer(layer, start + n);
-            let shape = AttentionShape {
-                n_tokens: n,
-                start_pos: start,
-                heads: c.heads,
-                kv_heads: c.kv_heads,
-                head_dim: c.head_dim,
-            };
-            b.attention(q, keys, vals, shape, attn);
-        });
-        timed(observer, at, Op::OutProjection, || self.project([w.o], [None], attn, n, [block_out]));
-        observer.observe(at, Boundary::AttnOutput, block_out);
-        timed(observer, at, Op::AttnResidual, || b.add(x, block_out));
-        observer.observe(at, Boundary::AttnResidual, x);
+        let (w, b, at) = (&self.layers[layer], &self.backend, Some(layer));
+        let n = spans.iter().map(|s| s.n_tokens).sum::<usize>();
+        let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        self.timed(observer, at, Op::AttnNorm, || {
+            b.rms_norm(&a.x, &w.attn_norm, c.hidden, c.rms_eps, n, &mut a.normed)
+        })?;
+        self.show(observer, at, Boundary::AttnNorm, &mut a.normed, n * c.hidden)?;
+        self.timed(observer, at, Op::QkvProjection, || {
+            let biases = [w.q_bias.as_ref(), w.k_bias.as_ref(), w.v_bias.as_ref()];
+            let outs = [&mut a.q, &mut a.k, &mut a.v];
+            self.project([&*w.q, &*w.k, &*w.v], biases, [q_dim, kv_dim, kv_dim], &a.normed, n, outs)
+        })?;
+        self.show(observer, at, Boundary::Q, &mut a.q, n * q_dim)?;
+        self.show(observer, at, Boundary::K, &mut a.k, n * kv_dim)?;
+        self.show(observer, at, Boundary::V, &mut a.v, n * kv_dim)?;
+        self.timed(observer, at, Op::Rope, || {
+            b.rope(&mut a.q, spans, c.heads, c.head_dim, c.rope_base, self.rope)?;
+            b.rope(&mut a.k, spans, c.kv_heads, c.head_dim, c.rope_base, self.rope)
+        })?;
+        self.timed(observer, at, Op::Attention, || {
+            for (sequence, span) in sequences.iter_mut().zip(spans) {
+                let fault = sequence.cache.fault;
+                let kv = self.cache_buffers(sequence.cache)?;
+                let (keys, values) = (&mut kv.keys[layer], &mut kv.values[layer]);
+                if fault == Some(KvFault::ForgetEarlierPositions) && span.start_pos > 0 {
+                    b.zero(keys, 0, span.start_pos * kv_dim)?;
+                }
+                b.kv_store(keys, span.start_pos, &a.k, span.first_row, span.n_tokens, kv_dim)?;
+                b.kv_store(values, span.start_pos, &a.v, span.first_row, span.n_tokens, kv_dim)?;
+                let shape = AttentionShape {
+                    n_tokens: span.n_tokens,
+                    start_pos: span.start_pos,
+                    heads: c.heads,
+                    kv_heads: c.kv_heads,
+                    head_dim: c.head_dim,
+                };
+                b.attention(&a.q, keys, values, shape, span.first_row, &mut a.attn)?;
+            }
+            Ok(())
+        })?;
+        let out_projection = || self.project([&*w.o], [None], [c.hidden], &a.attn, n, [&mut a.block_out]);
+        self.timed(observer, at, Op::OutProjection, out_projection)?;
+        self.show(observer, at, Boundary::AttnOutput, &mut a.block_out, n * c.hidden)?;
+        self.timed(observer, at, Op::AttnResidual, || b.add(&mut a.x, &a.block_out, n * c.hidden))?;
+        self.show(observer, at, Boundary::AttnResidual, &mut a.x, n * c.hidden)
     }
 
-    fn ffn_block(&self, layer: usize, ws: &mut Workspace, observer: &mut dyn Observer) {
+    fn ffn_block(&self, layer: usize, a: &mut Activations<B>, n: usize, observer: &mut dyn Observer) -> Result<()> {
         let c = &self.config;
-        let (w, v) = (&self.weights.layers[layer], &self.layer_vectors[layer]);
-        let b = &*self.backend;
-        let at = Some(layer);
-        let n = ws.x.len() / c.hidden;
-        let Workspace { x, normed, gate, up, block_out, .. } = ws;
-        timed(observer, at, Op::FfnNorm, || b.rms_norm(x, &v.ffn_norm, c.rms_eps, normed));
-        observer.observe(at, Boundary::FfnNorm, normed);
-        timed(observer, at, Op::GateUpProjection, || self.project([w.gate, w.up], [None, None], normed, n, [gate, up]));
-        timed(observer, at, Op::Activation, || b.silu_mul(gate, up));
-        timed(observer, at, Op::DownProjection, || self.project([w.down], [None], gate, n, [block_out]));
-        observer.observe(at, Boundary::FfnOutput, block_out);
-        timed(observer, at, Op::FfnResidual, || b.add(x, block_out));
-        observer.observe(at, Boundary::FfnResidual, x);
+        let (w, b, at) = (&self.layers[layer], &self.backend, Some(layer));
+        self.timed(observer, at, Op::FfnNorm, || b.rms_norm(&a.x, &w.ffn_norm, c.hidden, c.rms_eps, n, &mut a.normed))?;
+        self.show(observer, at, Boundary::FfnNorm, &mut a.normed, n * c.hidden)?;
+        self.timed(observer, at, Op::GateUpProjection, || {
+            self.project([&*w.gate, &*w.up], [None, None], [c.ffn, c.ffn], &a.normed, n, [&mut a.gate, &mut a.up])
+        })?;
+        self.timed(observer, at, Op::Activation, || b.silu_mul(&mut a.gate, &a.up, n * c.ffn))?;
+        let down = || self.project([&*w.down], [None], [c.hidden], &a.gate, n, [&mut a.block_out]);
+        self.timed(observer, at, Op::DownProjection, down)?;
+        self.show(observer, at, Boundary::FfnOutput, &mut a.block_out, n * c.hidden)?;
+        self.timed(observer, at, Op::FfnResidual, || b.add(&mut a.x, &a.block_out, n * c.hidden))?;
+        self.show(observer, at, Boundary::FfnResidual, &mut a.x, n * c.hidden)
+    }
+
+    /// The final norm and LM head over the rows each sequence wants logits
+    /// for; the one read-back of an unobserved call.
+    fn logits(
+        &self,
+        a: &mut Activations<B>,
+        spans: &[SeqSpan],
+        sequences: &[Sequence<'_>],
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<Vec<f32>>> {
+        let (c, b) = (&self.config, &self.backend);
+        let rows: Vec<usize> = spans
+            .iter()
+            .zip(sequences)
+            .flat_map(|(span, sequence)| match sequence.logits {
+                Logits::Last => span.first_row + span.n_tokens - 1..span.first_row + span.n_tokens,
+                Logits::All => span.first_row..span.first_row + span.n_tokens,
+            })
+            .collect();
+        let n = rows.len();
+        self.timed(observer, None, Op::FinalNorm, || {
+            b.gather_rows(&a.x, &rows, c.hidden, &mut a.last_rows)?;
+            b.rms_norm(&a.last_rows, &self.output_norm, c.hidden, c.rms_eps, n, &mut a.final_norm)
+        })?;
+        self.show(observer, None, Boundary::FinalNorm, &mut a.final_norm, n * c.hidden)?;
+        let mut logits = b.alloc(n * c.vocab)?;
+        self.timed(observer, None, Op::LmHead, || b.matmul(&[&*self.output], &a.final_norm, n, &mut [&mut logits]))?;
+        self.show(observer, None, Boundary::Logits, &mut logits, n * c.vocab)?;
+        let mut all = b.download(logits, n * c.vocab)?;
+        // Split per sequence, last first so each split is a cheap tail.
+        let mut per_sequence = Vec::with_capacity(sequences.len());
+        for sequence in sequences.iter().rev() {
+            let rows = match sequence.logits {
+                Logits::Last => 1,
+                Logits::All => sequence.tokens.len(),
+            };
+            per_sequence.push(all.split_off(all.len() - rows * c.vocab));
+        }
+        per_sequence.reverse();
+        Ok(per_sequence)
+    }
+
+    /// `outs[i]` = `n` rows of `input` times `ws[i]`, plus bias `biases[i]` (of
+    /// width `widths[i]`): one backend call for all the matrices.
+    fn project<const N: usize>(
+        &self,
+        ws: [&B::Matrix; N],
+        biases: [Option<&B::Buffer>; N],
+        widths: [usize; N],
+        input: &B::Buffer,
+        n: usize,
+        mut outs: [&mut B::Buffer; N],
+    ) -> Result<()> {
+        self.backend.matmul(&ws, input, n, &mut outs)?;
+        for ((out, bias), width) in outs.into_iter().zip(biases).zip(widths) {
+            if let Some(bias) = bias {
+                self.backend.add_bias(out, bias, width, n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f`, reporting its duration to `observer` if it keeps time (after
+    /// the backend has finished the work, for a backend that runs ahead).
+    fn timed<T>(
+        &self,
+        observer: &mut dyn Observer,
+        layer: Option<usize>,
+        op: Op,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if !observer.wants_timing() {
+            return f();
+        }
+        let started = Instant::now();
+        let result = f()?;
+        self.backend.synchronize()?;
+        observer.timed(layer, op, started.elapsed());
+        Ok(result)
+    }
+
+    /// Tells `observer` a boundary was reached, reading the values back only
+    /// if it wants them, and continues with its replacement values if it has any.
+    fn show(
+        &self,
+        observer: &mut dyn Observer,
+        layer: Option<usize>,
+        boundary: Boundary,
+        buffer: &mut B::Buffer,
+        len: usize,
+    ) -> Result<()> {
+        if !observer.wants_values() {
+            observer.observe(layer, boundary, &[]);
+            return Ok(());
+        }
+        observer.observe(layer, boundary, &self.backend.read(buffer, len)?);
+        match observer.replacement(layer, boundary) {
+            Some(values) if values.len() != len => Err(Error::Invalid(format!(
+                "replacement for {boundary:?} has {} values, the boundary {len}",
+                values.len()
+            ))),
+            Some(values) => self.backend.write(buffer, values),
+            None => Ok(()),
+        }
     }
 }
 
-fn dequantize_vector(file: &ModelFile, index: TensorIndex) -> Result<Vec<f32>> {
-    let view = file.view(&file.tensors()[index]);
-    quant::dequantize_to_vec(view.dtype(), view.bytes).map_err(|e| Error::Invalid(format!("{}: {e}", view.name())))
+/// Each sequence's rows in the batch; refuses an empty sequence or one that
+/// does not fit its cache.
+fn plan(sequences: &[Sequence<'_>]) -> Result<Vec<SeqSpan>> {
+    if sequences.is_empty() {
+        return Err(Error::Invalid("forward called with no sequences".into()));
+    }
+    let mut first_row = 0;
+    let mut spans = Vec::with_capacity(sequences.len());
+    for sequence in sequences {
+        let (n, start) = (sequence.tokens.len(), sequence.cache.len());
+        if n == 0 {
+            // There is no last position to produce logits for.
+            return Err(Error::Invalid("forward called with no tokens".into()));
+        }
+        if start + n > sequence.cache.capacity() {
+            return Err(Error::ContextFull { used: start, requested: n, capacity: sequence.cache.capacity() });
+        }
+        spans.push(SeqSpan { first_row, n_tokens: n, start_pos: start });
+        first_row += n;
+    }
+    Ok(spans)
 }

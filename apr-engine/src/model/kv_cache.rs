@@ -1,4 +1,12 @@
-//! The key/value cache: one preallocated buffer per layer, written in place.
+//! The key/value cache of one sequence. Its buffers belong to the backend of
+//! the model that made it (device memory for a GPU): they are allocated on the
+//! first forward call, one keys and one values buffer per layer, and written
+//! in place after that.
+
+use std::any::Any;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
 
 /// A fault the test-only engine hook injects into a cache, so that the
 /// trace-diff suite can prove it recognises KV cache bugs.
@@ -10,28 +18,33 @@ pub enum KvFault {
     ForgetEarlierPositions,
 }
 
-/// Keys and values for every layer, `[position][kv_head * head_dim]`, F32.
-#[derive(Debug, Clone)]
+/// Keys and values for every layer, `[position][kv_head * head_dim]`.
 pub struct KvCache {
     #[doc(hidden)]
     pub fault: Option<KvFault>,
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    layers: usize,
     kv_dim: usize,
     capacity: usize,
     len: usize,
+    /// A `LayerBuffers<B>` of the backend that first ran on the cache.
+    storage: Option<Box<dyn Any + Send + Sync>>,
+}
+
+/// The backend buffers behind a [`KvCache`].
+pub(crate) struct LayerBuffers<B: Backend> {
+    pub keys: Vec<B::Buffer>,
+    pub values: Vec<B::Buffer>,
+}
+
+impl std::fmt::Debug for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KvCache({}/{} positions, {} layers × {})", self.len, self.capacity, self.layers, self.kv_dim)
+    }
 }
 
 impl KvCache {
     pub fn new(layers: usize, kv_dim: usize, capacity: usize) -> Self {
-        KvCache {
-            fault: None,
-            keys: vec![vec![0.0; kv_dim * capacity]; layers],
-            values: vec![vec![0.0; kv_dim * capacity]; layers],
-            kv_dim,
-            capacity,
-            len: 0,
-        }
+        KvCache { fault: None, layers, kv_dim, capacity, len: 0, storage: None }
     }
 
     /// Positions filled so far.
@@ -53,23 +66,31 @@ impl KvCache {
     }
 
     /// Marks `n` more positions as filled (after every layer wrote them).
-    pub fn advance(&mut self, n: usize) {
+    pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
     }
 
-    /// Writes keys and values for positions `start..start + n` of a layer.
-    pub fn store(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) {
-        if self.fault == Some(KvFault::ForgetEarlierPositions) && start > 0 {
-            self.keys[layer][..start * self.kv_dim].fill(0.0);
+    /// The buffers on `backend`, allocated on first use. A cache made for
+    /// another model's shape, or already holding another backend's buffers, is refused.
+    pub(crate) fn buffers<B: Backend>(
+        &mut self,
+        backend: &B,
+        layers: usize,
+        kv_dim: usize,
+    ) -> Result<&mut LayerBuffers<B>> {
+        if (layers, kv_dim) != (self.layers, self.kv_dim) {
+            return Err(Error::Invalid(format!(
+                "a KV cache of {} layers × {} is not for this model ({layers} × {kv_dim})",
+                self.layers, self.kv_dim
+            )));
         }
-        let range = start * self.kv_dim..start * self.kv_dim + k.len();
-        self.keys[layer][range.clone()].copy_from_slice(k);
-        self.values[layer][range].copy_from_slice(v);
-    }
-
-    /// Keys and values of a layer for positions `0..end`.
-    pub fn layer(&self, layer: usize, end: usize) -> (&[f32], &[f32]) {
-        let n = end * self.kv_dim;
-        (&self.keys[layer][..n], &self.values[layer][..n])
+        if self.storage.is_none() {
+            let len = self.kv_dim * self.capacity;
+            let alloc = || (0..layers).map(|_| backend.alloc(len)).collect::<Result<Vec<_>>>();
+            self.storage = Some(Box::new(LayerBuffers::<B> { keys: alloc()?, values: alloc()? }));
+        }
+        self.storage.as_mut().and_then(|s| s.downcast_mut::<LayerBuffers<B>>()).ok_or_else(|| {
+            Error::Invalid(format!("a KV cache holding another backend's buffers given to backend {}", backend.name()))
+        })
     }
 }

@@ -1,12 +1,13 @@
 //! Where each weight of the decoder lives in the opened file. Weights are not
-//! copied: a [`WeightMatrix`] borrows the mapped bytes in their file dtype.
+//! copied here: a backend prepares each from its [`HostMatrix`] (the mapped
+//! bytes, in their file dtype) once, at load.
 
 use std::collections::BTreeSet;
 
+use crate::backend::RopeStyle;
 use crate::container::names::layer_of;
-use crate::container::{ModelFile, QkRowOrder, TensorInfo};
+use crate::container::{ModelFile, QkRowOrder};
 use crate::error::{Error, Result};
-use crate::kernels::WeightMatrix;
 use crate::model::config::{Architecture, ModelConfig};
 
 /// Index of a tensor in the file's tensor table.
@@ -28,15 +29,6 @@ pub struct LayerWeights {
     pub down: TensorIndex,
 }
 
-/// How RoPE pairs a head's dimensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Pairs (i, i + d/2): Qwen2 everywhere, Llama in Hugging Face row order.
-    Halves,
-    /// Pairs (2i, 2i + 1): Llama in GGUF row order.
-    Interleaved,
-}
-
 #[derive(Debug, Clone)]
 pub struct ModelWeights {
     pub embedding: TensorIndex,
@@ -55,9 +47,7 @@ impl ModelWeights {
         })?;
         let tensors = file.tensors();
         let find = |name: &str| tensors.iter().position(|t| t.name == name);
-        let need = |name: String| {
-            find(&name).ok_or_else(|| Error::Invalid(format!("{}: tensor {name} is missing", file.path.display())))
-        };
+        let need = |name: String| find(&name).ok_or_else(|| Error::MissingTensor { path: file.path.clone(), name });
         let layers = (0..config.layers)
             .map(|i| {
                 let n = |s: &str| format!("blk.{i}.{s}");
@@ -102,14 +92,12 @@ impl ModelWeights {
         for (index, shape) in self.expected_shapes(c) {
             let info = &file.tensors()[index];
             if info.shape != shape {
-                let hint = if info.shape.iter().rev().eq(shape.iter()) { " (transposed)" } else { "" };
-                return Err(Error::Invalid(format!(
-                    "{}: tensor {} has shape {:?}, the configuration needs {:?}{hint}",
-                    file.path.display(),
-                    info.name,
-                    info.shape,
-                    shape
-                )));
+                return Err(Error::ShapeMismatch {
+                    path: file.path.clone(),
+                    name: info.name.clone(),
+                    actual: info.shape.clone(),
+                    expected: shape,
+                });
             }
         }
         Ok(())
@@ -186,7 +174,7 @@ impl ModelWeights {
     }
 
     /// The tensor-table indices of every weight the decoder reads.
-    fn used_indices(&self) -> BTreeSet<TensorIndex> {
+    pub fn used_indices(&self) -> BTreeSet<TensorIndex> {
         let mut used: BTreeSet<TensorIndex> = [self.embedding, self.output, self.output_norm].into();
         for l in &self.layers {
             used.extend([l.attn_norm, l.q, l.k, l.v, l.o, l.ffn_norm, l.gate, l.up, l.down]);
@@ -194,15 +182,4 @@ impl ModelWeights {
         }
         used
     }
-}
-
-/// A 2-D weight as a matrix view (shape `[rows, cols]`, outermost first).
-pub fn matrix<'a>(file: &'a ModelFile, index: TensorIndex) -> WeightMatrix<'a> {
-    let info: &TensorInfo = &file.tensors()[index];
-    let (rows, cols) = match info.shape.as_slice() {
-        [rows, cols] => (*rows as usize, *cols as usize),
-        [cols] => (1, *cols as usize),
-        _ => (1, info.shape.iter().product::<u64>() as usize),
-    };
-    WeightMatrix::new(info.dtype, rows, cols, file.view(info).bytes).expect("parser checked sizes")
 }

@@ -29,10 +29,15 @@ pub fn run(
         // Every boundary, for both kinds: a failure must name the layer and tensor, not "logits".
         o.trace_tensors = true;
         o.tolerance = trace_tolerance(&tolerances);
+        (o.reference_backend, o.candidate_backend) = (spec.backend, spec.backend);
         o
     };
-    let reference_side = Side::open(reference)?;
-    let candidate_side = Side::open(candidate);
+    // Both sides on the backend the attribute named; the report says which backend actually ran.
+    let reference_side = Side::open_on(reference, spec.backend)?;
+    let candidate_side = Side::open_on(candidate, spec.backend);
+    if let Ok(side) = &candidate_side {
+        report.backend = side.model.backend_name().to_string();
+    }
     for prompt in prompts {
         let trace = match &candidate_side {
             Ok(side) => trace_diff(&reference_side, side, &options(prompt))?,

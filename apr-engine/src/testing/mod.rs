@@ -7,7 +7,9 @@
 //! - `cache`: `target/apr/` locations and the conversion cache.
 //! - `compare`, `roundtrip`, `golden`: the three kinds of check.
 //! - `report`: the per-test JSON report and its rendering.
-//! - `models`, `faults`: the reference models and corrupted copies of them.
+//! - `models`, `faults`: the reference models and corrupted copies of them;
+//!   `broken_backend`: a backend with one wrong operation.
+pub mod broken_backend;
 pub mod cache;
 pub mod compare;
 pub mod faults;

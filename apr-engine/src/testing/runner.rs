@@ -54,18 +54,15 @@ fn write(report: &Report, dir: &Path) {
     }
 }
 
-/// Why a backend cannot run here, or `None` if it can. `APR_BACKEND=cpu|cuda`
-/// (set by `cargo apr test --backend`) leaves the other backend out.
+/// Why a backend cannot run here, or `None` if it can. `APR_BACKEND=NAME`
+/// (set by `cargo apr test --backend`) leaves the other backends out.
 pub fn backend_unavailable(backend: BackendKind) -> Option<String> {
     if let Ok(selected) = std::env::var("APR_BACKEND") {
         if selected != "all" && selected != backend.name() {
             return Some(format!("backend {} not selected (APR_BACKEND={selected})", backend.name()));
         }
     }
-    match backend {
-        BackendKind::Cpu => None,
-        BackendKind::Cuda => Some("no CUDA backend in this build of apr-engine (CPU only)".into()),
-    }
+    backend.unavailable()
 }
 
 fn skeleton(spec: &TestSpec) -> Report {

@@ -155,17 +155,5 @@ pub enum Expect {
     Diverged(Option<Classification>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    Cpu,
-    Cuda,
-}
-
-impl BackendKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Cpu => "cpu",
-            BackendKind::Cuda => "cuda",
-        }
-    }
-}
+/// The backend a generated test runs its models on: the library's own kind.
+pub use crate::backend::BackendKind;

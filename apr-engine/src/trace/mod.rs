@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::dtype::DType;
-use crate::kernels;
 use crate::model::{Boundary, Model, ModelConfig, Observer, Op};
 use crate::stats::{stats_of, ValueStats};
 
@@ -173,6 +172,11 @@ impl Observer for Tracer {
         });
     }
 
+    /// Only the payload level reads activations (the others time boundaries).
+    fn wants_values(&self) -> bool {
+        self.level >= TraceLevel::Payload
+    }
+
     fn observe(&mut self, layer: Option<usize>, boundary: Boundary, values: &[f32]) {
         let Some(step) = self.current.as_mut() else { return };
         match boundary {
@@ -284,11 +288,7 @@ pub fn kernel_uses(model: &Model) -> Vec<KernelUse> {
         let info = &tensors[index];
         let kind = info.name.split('.').rev().nth(1).unwrap_or(&info.name).to_string();
         if !uses.iter().any(|u| u.tensor == kind && u.dtype == info.dtype) {
-            uses.push(KernelUse {
-                tensor: kind,
-                dtype: info.dtype,
-                kernel: kernels::kernel_name(info.dtype).to_string(),
-            });
+            uses.push(KernelUse { tensor: kind, dtype: info.dtype, kernel: model.kernel_name(info.dtype).to_string() });
         }
     };
     for layer in &model.weights.layers {

@@ -16,6 +16,11 @@ pub struct Capture {
     pub start: usize,
     pub n_tokens: usize,
     pub records: Vec<Record>,
+    /// Isolation: another side's records of the same call, whose values the
+    /// forward pass continues with after each boundary (see [`Observer::replacement`]).
+    pub feed: Option<Vec<Record>>,
+    /// Boundaries observed in this call (the index into `feed`).
+    seen: usize,
 }
 
 pub struct Record {
@@ -42,13 +47,23 @@ impl Observer for Capture {
         self.start = start;
         self.n_tokens = n_tokens;
         self.records.clear();
+        self.seen = 0;
     }
 
     fn observe(&mut self, layer: Option<usize>, boundary: Boundary, values: &[f32]) {
         // Logits are compared from the forward call's return value.
-        if self.keep && boundary != Boundary::Logits {
+        if boundary == Boundary::Logits {
+            return;
+        }
+        self.seen += 1;
+        if self.keep {
             self.records.push(Record { layer, boundary, values: values.to_vec() });
         }
+    }
+
+    fn replacement(&mut self, layer: Option<usize>, boundary: Boundary) -> Option<&[f32]> {
+        let fed = self.feed.as_ref()?.get(self.seen.checked_sub(1)?)?;
+        (fed.layer == layer && fed.boundary == boundary).then_some(fed.values.as_slice())
     }
 }
 

@@ -55,9 +55,10 @@ pub(crate) fn classify(reference: &Side, candidate: &Side, f: &Findings) -> (Cla
     if let Some(evidence) = &f.tokenizer_evidence {
         return (Classification::TokenizerMismatch, vec![evidence.clone()]);
     }
-    if let Some((position, error)) = &f.candidate_error {
+    if let Some(failure) = &f.candidate_error {
+        let (position, error) = (failure.position, &failure.message);
         let context = candidate.model.config.context_length;
-        if *position + 1 >= context || error.contains("context full") {
+        if position + 1 >= context || failure.context_full {
             return (
                 Classification::ContextOverflow,
                 vec![format!(

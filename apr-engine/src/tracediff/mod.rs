@@ -10,6 +10,7 @@
 mod capture;
 mod classify;
 pub mod compare_inference;
+pub mod isolation;
 
 use std::path::{Path, PathBuf};
 
@@ -19,11 +20,11 @@ pub use capture::{BoundaryDiff, Tolerance};
 pub use classify::Classification;
 
 use crate::backend::BackendKind;
+use crate::backend::{HostMatrix, RopeStyle};
 use crate::container::{ModelFile, QkRowOrder};
 use crate::diff::stats::DiffMetrics;
 use crate::error::{Error, Result};
 use crate::generate::argmax;
-use crate::model::weights::RopeStyle;
 use crate::model::{Boundary, KvCache, KvFault, Logits, Model};
 use crate::pipeline;
 use crate::stats::stats_of;
@@ -45,8 +46,13 @@ impl Side {
     /// Opens a model on `backend`: the same file on two backends is a comparison too.
     pub fn open_on(path: &Path, backend: BackendKind) -> Result<Side> {
         let file = ModelFile::open(path)?;
-        let tokenizer = Tokenizer::from_metadata(file.metadata()).map_err(|e| e.to_string());
-        Ok(Side { model: Model::load(file, backend.create()?).map_err(|e| e.about_file(path))?, tokenizer })
+        Ok(Side::of(Model::load(file, backend).map_err(|e| e.about_file(path))?))
+    }
+
+    /// A model already loaded (on any backend value), with its tokenizer.
+    pub fn of(model: Model) -> Side {
+        let tokenizer = Tokenizer::from_metadata(model.file.metadata()).map_err(|e| e.to_string());
+        Side { model, tokenizer }
     }
 
     fn text(&self, token: u32) -> String {
@@ -71,6 +77,8 @@ pub struct TraceDiffOptions {
     pub tolerance: Tolerance,
     pub reference_backend: BackendKind,
     pub candidate_backend: BackendKind,
+    /// Whether each candidate operation is fed the reference's input.
+    pub mode: Mode,
     /// Test-only engine hook: a fault injected into the candidate's KV cache.
     #[doc(hidden)]
     pub candidate_kv_fault: Option<KvFault>,
@@ -87,7 +95,35 @@ impl TraceDiffOptions {
             tolerance: Tolerance::default(),
             reference_backend: BackendKind::Cpu,
             candidate_backend: BackendKind::Cpu,
+            mode: Mode::Auto,
             candidate_kv_fault: None,
+        }
+    }
+}
+
+/// How the candidate is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Isolated for one file on two backends, lockstep otherwise.
+    Auto,
+    /// Every candidate operation fed the reference's input; errors are local
+    /// and judged per operation ([`isolation`]).
+    Isolated,
+    /// Both models run on their own, side by side: errors accumulate (what a
+    /// file-against-file comparison needs).
+    Lockstep,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(name: &str) -> std::result::Result<Mode, String> {
+        match name {
+            "auto" => Ok(Mode::Auto),
+            "isolated" => Ok(Mode::Isolated),
+            "lockstep" => Ok(Mode::Lockstep),
+            _ => Err(format!("unknown mode `{name}` (auto, isolated or lockstep)")),
         }
     }
 }
@@ -165,6 +201,8 @@ pub struct TraceDiffReport {
     pub candidate: PathBuf,
     pub reference_backend: String,
     pub candidate_backend: String,
+    /// `isolated` or `lockstep`: how the candidate was driven.
+    pub mode: Mode,
     pub tolerance: Tolerance,
     pub trace_tensors: bool,
     pub prompt_tokens: Vec<u32>,
@@ -184,9 +222,7 @@ pub struct TraceDiffReport {
 /// loaded is itself a finding (diverged at position 0), not an error.
 pub fn trace_diff_paths(reference: &Path, candidate: &Path, options: &TraceDiffOptions) -> Result<TraceDiffReport> {
     let reference_side = Side::open_on(reference, options.reference_backend)?;
-    if options.candidate_backend == BackendKind::Cuda {
-        BackendKind::Cuda.create()?; // an absent backend is an error, never a pass
-    }
+    options.candidate_backend.check_available()?; // an absent backend is an error, never a finding
     match Side::open_on(candidate, options.candidate_backend) {
         Ok(candidate_side) => trace_diff(&reference_side, &candidate_side, options),
         // A file that cannot be read is a wrong command line, not a finding about a model.
@@ -209,7 +245,8 @@ fn unloadable_candidate(
         reference: reference.model.file.path.clone(),
         candidate: candidate.to_path_buf(),
         reference_backend: reference.model.backend_name().to_string(),
-        candidate_backend: format!("{:?}", o.candidate_backend).to_lowercase(),
+        candidate_backend: o.candidate_backend.name().to_string(),
+        mode: Mode::Lockstep,
         tolerance: o.tolerance,
         trace_tensors: o.trace_tensors,
         prompt_tokens: Vec::new(),
@@ -225,6 +262,15 @@ fn unloadable_candidate(
 
 const SCHEMA: &str = "apr.trace-diff.v1";
 
+/// Where and how the candidate failed to run.
+#[derive(Debug)]
+pub(crate) struct CandidateError {
+    pub position: usize,
+    /// The candidate's KV cache ran out of positions ([`Error::ContextFull`]).
+    pub context_full: bool,
+    pub message: String,
+}
+
 /// What the lockstep run found, before classification.
 #[derive(Default)]
 pub(crate) struct Findings {
@@ -236,8 +282,8 @@ pub(crate) struct Findings {
     /// Positions where the candidate's logits carry no information (constant or non-finite).
     pub dead_logit_positions: usize,
     pub positions_compared: usize,
-    /// The candidate failed at this position with this error.
-    pub candidate_error: Option<(usize, String)>,
+    /// Where and how the candidate failed.
+    pub candidate_error: Option<CandidateError>,
     pub tokenizer_evidence: Option<String>,
 }
 
@@ -263,7 +309,7 @@ pub fn trace_diff(reference: &Side, candidate: &Side, options: &TraceDiffOptions
     let mut findings = Findings { prompt_len: prompt.len(), all_exact: true, ..Default::default() };
     findings.tokenizer_evidence = tokenizer_evidence(candidate, &prompt, candidate_prompt.as_deref());
 
-    let mut run = Lockstep::new(reference, candidate, options, prompt.len());
+    let mut run = Lockstep::new(reference, candidate, options, prompt.len())?;
     let mut tokens = Vec::new();
     let mut positions = Vec::new();
     let mut input = prompt.clone();
@@ -294,8 +340,12 @@ pub fn trace_diff(reference: &Side, candidate: &Side, options: &TraceDiffOptions
         || findings.first.is_some()
         || findings.candidate_error.is_some()
         || !tokens_match;
+    let mode = if run.isolated { Mode::Isolated } else { Mode::Lockstep };
     let outcome = if diverged {
-        let (classification, evidence) = classify::classify(reference, candidate, &findings);
+        let (classification, mut evidence) = classify::classify(reference, candidate, &findings);
+        if let (Mode::Isolated, Some(first)) = (mode, &findings.first) {
+            evidence.insert(0, isolation::evidence(first));
+        }
         let (position, layer, boundary) = divergence_point(&findings, &tokens);
         (Verdict::Diverged { position, layer, boundary, classification }, evidence)
     } else if findings.all_exact {
@@ -303,19 +353,25 @@ pub fn trace_diff(reference: &Side, candidate: &Side, options: &TraceDiffOptions
     } else {
         (Verdict::NumericallyEquivalent { max_diff: findings.max_logit_diff }, Vec::new())
     };
-    Ok(report(reference, candidate, options, prompt, candidate_prompt, tokens, positions, findings, outcome))
+    let run = Run { mode, prompt, candidate_prompt, tokens, positions, findings };
+    Ok(report(reference, candidate, options, run, outcome))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    reference: &Side,
-    candidate: &Side,
-    options: &TraceDiffOptions,
+/// What one trace-diff run produced, before it is written up.
+struct Run {
+    mode: Mode,
     prompt: Vec<u32>,
     candidate_prompt: Option<Vec<u32>>,
     tokens: Vec<TokenRow>,
     positions: Vec<PositionSummary>,
     findings: Findings,
+}
+
+fn report(
+    reference: &Side,
+    candidate: &Side,
+    options: &TraceDiffOptions,
+    Run { mode, prompt, candidate_prompt, tokens, positions, findings }: Run,
     (verdict, evidence): (Verdict, Vec<String>),
 ) -> TraceDiffReport {
     TraceDiffReport {
@@ -324,6 +380,7 @@ fn report(
         candidate: candidate.model.file.path.clone(),
         reference_backend: reference.model.backend_name().to_string(),
         candidate_backend: candidate.model.backend_name().to_string(),
+        mode,
         tolerance: options.tolerance,
         trace_tensors: options.trace_tensors,
         prompt_tokens: prompt,
@@ -344,7 +401,7 @@ fn divergence_point(f: &Findings, tokens: &[TokenRow]) -> (usize, Option<usize>,
     if let Some(first) = &f.first {
         return (first.position, first.layer, Some(first.boundary));
     }
-    if let Some((position, _)) = &f.candidate_error {
+    if let Some(CandidateError { position, .. }) = &f.candidate_error {
         return (*position, None, None);
     }
     let token_position = tokens.iter().find(|t| !t.matches).map_or(0, |t| t.position);
@@ -384,27 +441,86 @@ struct Lockstep<'a> {
     candidate_capture: Capture,
     /// The candidate's Q/K row order, when it differs from the reference's.
     candidate_qk_order: Option<(QkRowOrder, QkRowOrder)>,
+    /// Each candidate operation is fed the reference's input.
+    isolated: bool,
     failed: bool,
 }
 
 impl<'a> Lockstep<'a> {
-    fn new(reference: &'a Side, candidate: &'a Side, options: &'a TraceDiffOptions, prompt_len: usize) -> Self {
+    fn new(reference: &'a Side, candidate: &'a Side, options: &'a TraceDiffOptions, prompt_len: usize) -> Result<Self> {
         let needed = prompt_len + options.max_tokens + 1;
         // Each side gets the context it declares, so a context overflow shows.
         let cache = |side: &Side| side.model.new_cache(needed.min(side.model.config.context_length.max(1)));
         let mut candidate_cache = cache(candidate);
         candidate_cache.fault = options.candidate_kv_fault;
-        Lockstep {
+        let candidate_qk_order = differing_qk_orders(reference, candidate);
+        let isolated = isolates(reference, candidate, options, candidate_qk_order.is_some())?;
+        let keep = options.trace_tensors || isolated;
+        Ok(Lockstep {
             reference,
             candidate,
             options,
             reference_cache: cache(reference),
             candidate_cache,
-            reference_capture: Capture::new(options.trace_tensors),
-            candidate_capture: Capture::new(options.trace_tensors),
-            candidate_qk_order: differing_qk_orders(reference, candidate),
+            reference_capture: Capture::new(keep),
+            candidate_capture: Capture::new(keep),
+            candidate_qk_order,
+            isolated,
             failed: false,
+        })
+    }
+
+    /// Whether a boundary passes: by the user's tolerance in lockstep; in
+    /// isolation by its operation's bound, a projection by the 8-bit rounding
+    /// noise of its own input (`logits_row`: the reference's logits at the position).
+    fn boundary_ok(&self, d: &BoundaryDiff, logits_row: Option<&[f32]>) -> bool {
+        if !self.isolated {
+            return d.within(&self.options.tolerance);
         }
+        if !d.within(&isolation::tolerance(d.boundary, &self.options.tolerance)) {
+            return false;
+        }
+        match isolation::OpKind::of(d.boundary) {
+            isolation::OpKind::Projection | isolation::OpKind::LmHead => {
+                match self.projection_operands(d, logits_row) {
+                    Some((weight, input, output)) => {
+                        isolation::projection_within(d.metrics.nmse, &weight, input, output)
+                    }
+                    None => d.metrics.nmse <= isolation::OpKind::Projection.nmse_bound(),
+                }
+            }
+            _ => true,
+        }
+    }
+
+    /// A projection's weight, the reference's input row and output row at `d`'s position.
+    fn projection_operands<'r>(
+        &'r self,
+        d: &BoundaryDiff,
+        logits_row: Option<&'r [f32]>,
+    ) -> Option<(HostMatrix, &'r [f32], &'r [f32])> {
+        let model = &self.reference.model;
+        let capture = &self.reference_capture;
+        let row = d.position.checked_sub(capture.start)?;
+        let record = |layer: Option<usize>, boundary: Boundary| {
+            let width = boundary_widths(model)(boundary);
+            let r = capture.records.iter().find(|r| r.layer == layer && r.boundary == boundary)?;
+            r.values.get(row * width..(row + 1) * width)
+        };
+        let (index, input, output) = match (d.layer, d.boundary) {
+            (Some(l), Boundary::Q) => {
+                (model.weights.layers[l].q, record(d.layer, Boundary::AttnNorm)?, record(d.layer, Boundary::Q)?)
+            }
+            (Some(l), Boundary::K) => {
+                (model.weights.layers[l].k, record(d.layer, Boundary::AttnNorm)?, record(d.layer, Boundary::K)?)
+            }
+            (Some(l), Boundary::V) => {
+                (model.weights.layers[l].v, record(d.layer, Boundary::AttnNorm)?, record(d.layer, Boundary::V)?)
+            }
+            (None, Boundary::Logits) => (model.weights.output, record(None, Boundary::FinalNorm)?, logits_row?),
+            _ => return None,
+        };
+        Some((HostMatrix::new(&model.file, index).ok()?, input, output))
     }
 
     /// Runs `input` through both sides and compares; returns both greedy
@@ -423,22 +539,30 @@ impl<'a> Lockstep<'a> {
             Ok(l) => l,
             Err(_) => return None, // the reference's own context is full: stop comparing
         };
-        let cand_logits = match self.candidate.model.forward_observed(
+        if self.isolated {
+            self.candidate_capture.feed = Some(std::mem::take(&mut self.reference_capture.records));
+        }
+        let cand_logits = self.candidate.model.forward_observed(
             input,
             &mut self.candidate_cache,
             Logits::All,
             &mut self.candidate_capture,
-        ) {
+        );
+        if let Some(fed) = self.candidate_capture.feed.take() {
+            self.reference_capture.records = fed;
+        }
+        let cand_logits = match cand_logits {
             Ok(l) => l,
             Err(e) => {
-                f.candidate_error = Some((start, e.to_string()));
+                let context_full = matches!(e, Error::ContextFull { .. });
+                f.candidate_error = Some(CandidateError { position: start, context_full, message: e.to_string() });
                 self.failed = true;
                 return None;
             }
         };
         let vocab = self.reference.model.config.vocab;
         let widths = boundary_widths(&self.reference.model);
-        let boundary_diffs = if self.options.trace_tensors {
+        let boundary_diffs = if self.reference_capture.keep {
             if let Some((from, to)) = self.candidate_qk_order {
                 self.candidate_capture.reorder_qk(self.candidate.model.config.head_dim, from, to);
             }
@@ -464,11 +588,11 @@ impl<'a> Lockstep<'a> {
                 || ref_row
                     .get(c1 as usize)
                     .is_some_and(|&l| ref_row[r1 as usize] - l <= self.options.tolerance.logits_max_abs as f32);
-            let mut within = logits.within(&self.options.tolerance) && top1_ok;
+            let mut within = self.boundary_ok(&logits, Some(ref_row)) && top1_ok;
             let at_position = boundary_diffs.iter().filter(|d| d.position == position).chain(std::iter::once(&logits));
             for d in at_position {
                 f.all_exact &= d.is_exact();
-                let ok = d.within(&self.options.tolerance) && (d.boundary != Boundary::Logits || top1_ok);
+                let ok = self.boundary_ok(d, Some(ref_row)) && (d.boundary != Boundary::Logits || top1_ok);
                 within &= ok;
                 if !ok && f.first.is_none() {
                     f.first = Some(d.clone());
@@ -487,6 +611,27 @@ impl<'a> Lockstep<'a> {
             choices = (r1, c1);
         }
         Some(choices)
+    }
+}
+
+/// Whether to isolate: as asked, or by default for one file on two backends
+/// (two files are compared whole, in lockstep). Isolation feeds the
+/// reference's values as they are, so both sides must order Q/K rows alike.
+fn isolates(reference: &Side, candidate: &Side, options: &TraceDiffOptions, qk_orders_differ: bool) -> Result<bool> {
+    let same_file = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    match options.mode {
+        Mode::Lockstep => Ok(false),
+        Mode::Isolated if qk_orders_differ => Err(Error::Invalid(
+            "isolation feeds the reference's activations to the candidate, but the two store Q/K rows in \
+             different orders: compare them in lockstep"
+                .into(),
+        )),
+        Mode::Isolated => Ok(true),
+        Mode::Auto => Ok(reference.model.backend_name() != candidate.model.backend_name()
+            && same_file(&reference.model.file.path, &candidate.model.file.path)),
     }
 }
 

@@ -4,20 +4,21 @@
 use std::io::Write;
 use std::time::Instant;
 
-use apr_engine::backend::cpu::Cpu;
 use apr_engine::bench::{bench, peak_rss_bytes, BenchOptions};
 use apr_engine::container::ModelFile;
 use apr_engine::model::Model;
 use serde::Serialize;
 use serde_json::json;
 
-use super::common_args::{opened, ModelArg};
+use super::common_args::{opened, BackendArg, ModelArg};
 use super::{human_bytes, threads, values, UsageError};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    backend: BackendArg,
     /// Prompt lengths of the prefill tests, comma-separated (`-p 64,512`); 0 runs none.
     #[arg(long = "prompt-tokens", short = 'p', value_delimiter = ',', default_value = "512")]
     prompt_tokens: Vec<usize>,
@@ -51,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let path = args.model.path();
     let file = opened(path, ModelFile::open(path))?;
     let size = file.file_size();
-    let model = Model::load(file, Box::new(Cpu)).map_err(|e| e.about_file(args.model.path()))?;
+    let model = Model::load(file, args.backend.backend).map_err(|e| e.about_file(args.model.path()))?;
     let load_s = started.elapsed().as_secs_f64();
     let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let table_row = |test: &str, result: &str| {

@@ -9,7 +9,7 @@ use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::Pipeline;
 use apr_engine::tokenizer::chat::ChatMessage;
 
-use super::common_args::{opened, ModelArg, SamplingArgs};
+use super::common_args::{opened, BackendArg, ModelArg, SamplingArgs};
 use super::stream::TextStream;
 use super::threads;
 use super::trace_args::TraceArgs;
@@ -19,6 +19,8 @@ use super::values::{self, Utf8Text};
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    backend: BackendArg,
     /// A system message opening the conversation.
     #[arg(long, value_parser = Utf8Text)]
     system: Option<String>,
@@ -44,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let sampling = args.sampling.params()?;
     args.trace.level()?;
     threads::configure(args.threads)?;
-    let pipeline = opened(args.model.path(), Pipeline::open(args.model.path()))?;
+    let pipeline = opened(args.model.path(), Pipeline::open_on(args.model.path(), args.backend.backend))?;
     let interactive = std::io::stdin().is_terminal();
     let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
     let model_context = pipeline.model.config.context_length;

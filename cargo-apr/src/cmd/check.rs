@@ -3,19 +3,21 @@
 use serde_json::json;
 
 use super::color::status;
-use super::common_args::ModelArg;
+use super::common_args::{BackendArg, ModelArg};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    backend: BackendArg,
     /// Print the stages as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let stages = apr_engine::check::check(args.model.path());
+    let stages = apr_engine::check::check(args.model.path(), args.backend.backend);
     let passed = stages.iter().all(|s| s.passed);
     if args.json {
         let report =

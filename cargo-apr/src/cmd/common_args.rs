@@ -1,10 +1,12 @@
 //! Flags several commands share, spelled the same everywhere: the model
-//! (positional, or `-m` as llama.cpp users type it) and the sampling flags.
+//! (positional, or `-m` as llama.cpp users type it), `--backend` and the
+//! sampling flags.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use apr_engine::backend::BackendKind;
 use apr_engine::generate::SamplingParams;
 
 use super::values;
@@ -81,4 +83,18 @@ pub fn opened<T>(path: &Path, result: apr_engine::Result<T>) -> anyhow::Result<T
             path.display()
         )
     })
+}
+
+/// `--backend`: where a command's model runs.
+#[derive(clap::Args, Debug)]
+pub struct BackendArg {
+    /// Where the model runs: cpu (SIMD kernels over the quantized blocks), cpu-reference
+    /// (weights dequantized, dot products in f64: slow, the exact reference) or cuda.
+    #[arg(long, default_value = "cpu", value_parser = backend_kind)]
+    pub backend: BackendKind,
+}
+
+/// A backend name as `--backend` and its relatives take it.
+pub fn backend_kind(name: &str) -> Result<BackendKind, String> {
+    name.parse()
 }

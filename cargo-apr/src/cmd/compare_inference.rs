@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use apr_engine::tracediff::compare_inference::compare_inference;
 use apr_engine::tracediff::Side;
 
+use super::common_args::BackendArg;
 use super::prompt_args::PromptArgs;
 use crate::exit;
 
@@ -15,6 +16,8 @@ pub struct Args {
     a: PathBuf,
     /// Model B, the candidate.
     b: PathBuf,
+    #[command(flatten)]
+    backend: BackendArg,
     #[command(flatten)]
     prompt: PromptArgs,
     /// Tokens each model generates at most.
@@ -27,8 +30,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let options = args.prompt.options(args.max_tokens)?;
-    let a = Side::open(&args.a)?;
-    let b = match Side::open(&args.b) {
+    let a = Side::open_on(&args.a, args.backend.backend)?;
+    let b = match Side::open_on(&args.b, args.backend.backend) {
         Ok(b) => b,
         Err(e) => {
             let diagnosis = format!("model B cannot be loaded: {e}: weight load failure");

@@ -70,8 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     };
     let path = args.model.path();
     let fast = Pipeline::open(path)?;
-    let exact = Model::load(apr_engine::ModelFile::open(path)?, BackendKind::CpuReference.create()?)
-        .map_err(|e| e.about_file(path))?;
+    let exact =
+        Model::load(apr_engine::ModelFile::open(path)?, BackendKind::CpuReference).map_err(|e| e.about_file(path))?;
     let file = std::fs::File::open(&args.text).with_context(|| format!("{}: cannot open", args.text.display()))?;
     let text = read_bounded(file, &args.text, "text")?;
     let chunks = Chunks::of_text(&fast.tokenizer, &text, n_ctx, args.chunks)
@@ -109,6 +109,12 @@ fn print_summary(report: &KldReport) {
     print_row(&format!("apr ({})", report.engine), &report.apr);
     if let Some(llama) = &report.llama_cpp {
         print_row("llama.cpp", llama);
+    }
+    if let Some(kl) = report.apr_mean_kl_on_llama_outcomes {
+        println!(
+            "llama.cpp's KL is over the tokens above its file's floor (16 nats under its top) and the rest as one; \
+             apr's mean KL scored so: {kl:.3e}"
+        );
     }
     if let Some(d) = &report.apr_minus_llama_cpp {
         let verdict = match (d.is_significant(), d.mean <= 0.0) {

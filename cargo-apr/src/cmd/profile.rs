@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use apr_engine::backend::cpu::Cpu;
 use apr_engine::bench::{decode_latencies, percentile};
 use apr_engine::container::ModelFile;
 use apr_engine::model::Model;
 use serde::Serialize;
 
 use super::color::status;
-use super::common_args::{opened, ModelArg};
+use super::common_args::{opened, BackendArg, ModelArg};
 use super::{threads, values};
 
 #[derive(clap::Args)]
@@ -18,6 +17,8 @@ use super::{threads, values};
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    backend: BackendArg,
     /// Untimed decode steps before measuring.
     #[arg(long, default_value_t = 8)]
     warmup: usize,
@@ -69,7 +70,7 @@ struct ProfileJson {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let threads = threads::configure(args.threads)?;
-    let model = Model::load(opened(args.model.path(), ModelFile::open(args.model.path()))?, Box::new(Cpu))
+    let model = Model::load(opened(args.model.path(), ModelFile::open(args.model.path()))?, args.backend.backend)
         .map_err(|e| e.about_file(args.model.path()))?;
     let latencies = decode_latencies(&model, args.warmup, args.measure)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

@@ -9,7 +9,7 @@ use apr_engine::model::{NoObserver, Observer};
 use apr_engine::pipeline::{Pipeline, PromptMode};
 use serde::Serialize;
 
-use super::common_args::{opened, ModelArg, SamplingArgs};
+use super::common_args::{opened, BackendArg, ModelArg, SamplingArgs};
 use super::prompt_args::PromptSource;
 use super::stream::TextStream;
 use super::trace_args::TraceArgs;
@@ -20,6 +20,8 @@ use super::{human_bytes, threads};
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    backend: BackendArg,
     #[command(flatten)]
     prompt: PromptSource,
     /// Feed the prompt as is, without the chat template.
@@ -77,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     args.trace.level()?;
     let prompt_text = args.prompt.read()?;
     let threads = threads::configure(args.threads)?;
-    let pipeline = opened(args.model.path(), Pipeline::open(args.model.path()))?;
+    let pipeline = opened(args.model.path(), Pipeline::open_on(args.model.path(), args.backend.backend))?;
     let prompt = pipeline
         .prompt_tokens_with(
             &prompt_text,
@@ -162,7 +164,7 @@ fn print_facts(p: &Pipeline, threads: usize, t: &Timings, prompt: usize, generat
         ("context length", c.context_length.to_string()),
         ("quantization", quant),
         ("threads", threads.to_string()),
-        ("backend", p.model.backend_name().to_string()),
+        ("backend", p.model.backend_description()),
         ("load time", format!("{:.3} s", p.load_time.as_secs_f64())),
         ("prefill", format!("{prompt} tokens in {:.3} s ({:.1} tok/s)", t.prefill_s, t.prefill_tok_s)),
         ("decode", format!("{generated} tokens in {:.3} s ({:.1} tok/s)", t.decode_s, t.decode_tok_s)),

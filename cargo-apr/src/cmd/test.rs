@@ -12,18 +12,31 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use apr_engine::backend::BackendKind;
 use apr_engine::testing::report::{ReportSummary, Status};
 use serde::Serialize;
 
+use super::common_args::backend_kind;
 use super::fetch;
 use super::workspace::Workspace;
 use crate::exit;
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendChoice {
-    Cpu,
-    Cuda,
-    All,
+/// `--backend`: one backend's tests, or all of them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BackendChoice(Option<BackendKind>);
+
+impl BackendChoice {
+    fn parse(name: &str) -> Result<BackendChoice, String> {
+        match name {
+            "all" => Ok(BackendChoice(None)),
+            _ => backend_kind(name).map(|kind| BackendChoice(Some(kind))),
+        }
+    }
+
+    /// `APR_BACKEND` as the generated tests read it.
+    fn env_value(self) -> &'static str {
+        self.0.map_or("all", BackendKind::name)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,8 +51,8 @@ pub struct Args {
     /// Package(s) to test (default: the workspace's default members).
     #[arg(short = 'p', long = "package")]
     packages: Vec<String>,
-    /// Backends to run; tests of the others are reported as skipped.
-    #[arg(long, value_enum, default_value = "all")]
+    /// The backend to run (cpu, cpu-reference, cuda) or all; tests of the others are reported as skipped.
+    #[arg(long, default_value = "all", value_parser = BackendChoice::parse)]
     backend: BackendChoice,
     /// What to print on stdout once the tests ran.
     #[arg(long, value_enum, default_value = "human")]
@@ -321,12 +334,7 @@ fn run_harness(args: &Args, workspace: &Workspace, out: &ReportDir) -> anyhow::R
     for package in &workspace.selected {
         command.arg("-p").arg(package);
     }
-    let backend = match args.backend {
-        BackendChoice::Cpu => "cpu",
-        BackendChoice::Cuda => "cuda",
-        BackendChoice::All => "all",
-    };
-    command.env("APR_REPORT_DIR", out.model_reports()).env("APR_BACKEND", backend);
+    command.env("APR_REPORT_DIR", out.model_reports()).env("APR_BACKEND", args.backend.env_value());
     let (cargo_side, test_side) = split_at_double_dash(&args.cargo_args);
     command.args(cargo_side);
     if !test_side.is_empty() {

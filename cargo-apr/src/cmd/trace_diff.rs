@@ -3,9 +3,16 @@
 
 use std::path::PathBuf;
 
+use apr_engine::backend::cpu::Cpu;
 use apr_engine::backend::BackendKind;
-use apr_engine::tracediff::{trace_diff_paths, BoundaryDiff, Tolerance, TraceDiffOptions, TraceDiffReport};
+use apr_engine::container::ModelFile;
+use apr_engine::model::Model;
+use apr_engine::testing::broken_backend::{BrokenOp, OpFault};
+use apr_engine::tracediff::{
+    trace_diff, trace_diff_paths, BoundaryDiff, Mode, Side, Tolerance, TraceDiffOptions, TraceDiffReport,
+};
 
+use super::common_args::backend_kind;
 use super::prompt_args::PromptArgs;
 use crate::exit;
 
@@ -31,34 +38,24 @@ pub struct Args {
     /// Comma-separated limits, e.g. `logits=1.0,nmse=1e-2,cosine=0.99`.
     #[arg(long, value_parser = parse_tolerance, default_value = "logits=1.0,nmse=1e-2,cosine=0.99")]
     tolerance: Tolerance,
-    /// Backend of the reference model.
-    #[arg(long, value_enum, default_value = "cpu")]
-    reference_backend: BackendArg,
+    /// Backend of the reference model: cpu, cpu-reference or cuda.
+    #[arg(long, default_value = "cpu", value_parser = backend_kind)]
+    reference_backend: BackendKind,
     /// Backend of the candidate (diff one file on two backends by naming it twice).
-    #[arg(long, value_enum, default_value = "cpu")]
-    candidate_backend: BackendArg,
+    #[arg(long, default_value = "cpu", value_parser = backend_kind)]
+    candidate_backend: BackendKind,
+    /// isolated: each candidate operation gets the reference's input, and is judged by the NMSE
+    /// bound of its kind; lockstep: both run on their own and the tolerance applies; auto:
+    /// isolated for one file on two backends, lockstep for two files.
+    #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<Mode>())]
+    mode: Mode,
+    /// Test and documentation hook: the candidate runs on the CPU backend with one operation
+    /// broken (skip-rope:LAYER, offset-attention:LAYER:VALUE or rms-eps:VALUE).
+    #[arg(long, hide = true, value_parser = |s: &str| s.parse::<OpFault>(), conflicts_with = "candidate_backend")]
+    broken_op: Option<OpFault>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum BackendArg {
-    /// SIMD kernels over the quantized blocks.
-    Cpu,
-    /// Dequantize-and-dot in f64, the slow reference.
-    CpuReference,
-    Cuda,
-}
-
-impl From<BackendArg> for BackendKind {
-    fn from(b: BackendArg) -> Self {
-        match b {
-            BackendArg::Cpu => BackendKind::Cpu,
-            BackendArg::CpuReference => BackendKind::CpuReference,
-            BackendArg::Cuda => BackendKind::Cuda,
-        }
-    }
 }
 
 pub fn parse_tolerance(text: &str) -> Result<Tolerance, String> {
@@ -78,13 +75,22 @@ pub fn parse_tolerance(text: &str) -> Result<Tolerance, String> {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let options = TraceDiffOptions {
+        mode: args.mode,
         trace_tensors: !args.logits_only,
         tolerance: args.tolerance,
-        reference_backend: args.reference_backend.into(),
-        candidate_backend: args.candidate_backend.into(),
+        reference_backend: args.reference_backend,
+        candidate_backend: args.candidate_backend,
         ..args.prompt.options(args.max_tokens)?
     };
-    let report = trace_diff_paths(&args.reference, &args.candidate, &options)?;
+    let report = match args.broken_op {
+        None => trace_diff_paths(&args.reference, &args.candidate, &options)?,
+        Some(fault) => {
+            let reference = Side::open_on(&args.reference, args.reference_backend)?;
+            let file = ModelFile::open(&args.candidate)?;
+            let candidate = Side::of(Model::load_on(file, BrokenOp::new(Cpu, fault))?);
+            trace_diff(&reference, &candidate, &options)?
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -102,6 +108,12 @@ pub fn render(r: &TraceDiffReport) -> String {
         r.candidate.display(),
         r.candidate_backend
     );
+    out += &match r.mode {
+        Mode::Isolated => {
+            "mode: isolated (each candidate operation fed the reference's input, judged per operation)\n".to_string()
+        }
+        _ => "mode: lockstep\n".to_string(),
+    };
     out += &format!("prompt: {} tokens\n", r.prompt_tokens.len());
     out += &format!("{:>5}  {:<28} {:<28} {}\n", "pos", "reference", "candidate", "status");
     for t in &r.tokens {

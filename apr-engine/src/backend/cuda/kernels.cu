@@ -1,0 +1,349 @@
+// The CUDA backend's kernels, compiled at run time by NVRTC for the device's
+// architecture. Weights stay in their file dtype: each matrix kernel
+// dequantizes the blocks it reads in registers (32 values at a time) and dots
+// them with f32 activations. Dtype ids are the GGML type ids (apr's DType).
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+#define DT_F32 0
+#define DT_F16 1
+#define DT_Q4_0 2
+#define DT_Q4_1 3
+#define DT_Q5_0 6
+#define DT_Q5_1 7
+#define DT_Q8_0 8
+#define DT_Q4_K 12
+#define DT_Q5_K 13
+#define DT_Q6_K 14
+#define DT_BF16 30
+
+__device__ __forceinline__ float f16_at(const u8* p) {
+    u16 bits = (u16)p[0] | ((u16)p[1] << 8);
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
+    return f;
+}
+
+__device__ __forceinline__ float bf16_at(const u8* p) {
+    u32 bits = ((u32)p[0] << 16) | ((u32)p[1] << 24);
+    return __uint_as_float(bits);
+}
+
+__device__ __forceinline__ u32 u32_at(const u8* p) {
+    return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
+}
+
+// Scale and min of sub-block j (0..8) of a Q4_K/Q5_K block's 12 packed bytes.
+__device__ __forceinline__ void k4_scale_min(const u8* s, int j, float* sc, float* m) {
+    if (j < 4) {
+        *sc = (float)(s[j] & 63);
+        *m = (float)(s[j + 4] & 63);
+    } else {
+        *sc = (float)((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4));
+        *m = (float)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+// The 32 values of chunk `c` (elements 32c..32c+32) of a row in dtype T.
+template <int T>
+__device__ __forceinline__ void dequant32(const u8* row, int c, float* v) {
+    if (T == DT_F32) {
+        const u8* p = row + 128 * c;
+        for (int i = 0; i < 32; i++) v[i] = __uint_as_float(u32_at(p + 4 * i));
+    } else if (T == DT_F16) {
+        const u8* p = row + 64 * c;
+        for (int i = 0; i < 32; i++) v[i] = f16_at(p + 2 * i);
+    } else if (T == DT_BF16) {
+        const u8* p = row + 64 * c;
+        for (int i = 0; i < 32; i++) v[i] = bf16_at(p + 2 * i);
+    } else if (T == DT_Q4_0) {
+        const u8* b = row + 18 * c;
+        float d = f16_at(b);
+        for (int i = 0; i < 16; i++) {
+            v[i] = d * (float)((int)(b[2 + i] & 0x0f) - 8);
+            v[i + 16] = d * (float)((int)(b[2 + i] >> 4) - 8);
+        }
+    } else if (T == DT_Q4_1) {
+        const u8* b = row + 20 * c;
+        float d = f16_at(b), m = f16_at(b + 2);
+        for (int i = 0; i < 16; i++) {
+            v[i] = d * (float)(b[4 + i] & 0x0f) + m;
+            v[i + 16] = d * (float)(b[4 + i] >> 4) + m;
+        }
+    } else if (T == DT_Q5_0) {
+        const u8* b = row + 22 * c;
+        float d = f16_at(b);
+        u32 qh = u32_at(b + 2);
+        for (int i = 0; i < 16; i++) {
+            int lo = (b[6 + i] & 0x0f) | (((qh >> i) & 1) << 4);
+            int hi = (b[6 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
+            v[i] = d * (float)(lo - 16);
+            v[i + 16] = d * (float)(hi - 16);
+        }
+    } else if (T == DT_Q5_1) {
+        const u8* b = row + 24 * c;
+        float d = f16_at(b), m = f16_at(b + 2);
+        u32 qh = u32_at(b + 4);
+        for (int i = 0; i < 16; i++) {
+            int lo = (b[8 + i] & 0x0f) | (((qh >> i) & 1) << 4);
+            int hi = (b[8 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
+            v[i] = d * (float)lo + m;
+            v[i + 16] = d * (float)hi + m;
+        }
+    } else if (T == DT_Q8_0) {
+        const u8* b = row + 34 * c;
+        float d = f16_at(b);
+        for (int i = 0; i < 32; i++) v[i] = d * (float)(signed char)b[2 + i];
+    } else if (T == DT_Q4_K || T == DT_Q5_K) {
+        const int bytes = T == DT_Q4_K ? 144 : 176;
+        const u8* b = row + bytes * (c / 8);
+        int sub = c % 8, chunk = sub / 2, half = sub % 2;
+        float sc, m;
+        k4_scale_min(b + 4, sub, &sc, &m);
+        float dl = f16_at(b) * sc, ml = f16_at(b + 2) * m;
+        const u8* qs = b + (T == DT_Q4_K ? 16 : 48) + 32 * chunk;
+        for (int l = 0; l < 32; l++) {
+            int q = (qs[l] >> (4 * half)) & 0x0f;
+            if (T == DT_Q5_K) q |= ((b[16 + l] >> sub) & 1) << 4;
+            v[l] = dl * (float)q - ml;
+        }
+    } else if (T == DT_Q6_K) {
+        const u8* b = row + 210 * (c / 8);
+        float d = f16_at(b + 208);
+        int e0 = 32 * (c % 8), half = e0 / 128;
+        for (int i = 0; i < 32; i++) {
+            int w = (e0 + i) % 128;
+            int low = (b[64 * half + w % 64] >> (4 * (w / 64))) & 0x0f;
+            int high = (b[128 + 32 * half + w % 32] >> (2 * (w / 32))) & 3;
+            float dl = d * (float)(signed char)b[192 + (e0 + i) / 16];
+            v[i] = dl * (float)((low | (high << 4)) - 32);
+        }
+    }
+}
+
+#define TOKENS_PER_PASS 8
+
+// out[t * rows + r] = W[r] . x[t] for n tokens: one warp per row, each lane
+// dequantizing every 32nd chunk of the row once per pass of 8 tokens.
+template <int T>
+__device__ void matvec(const u8* w, int row_bytes, int rows, int cols, const float* x, int n, float* out) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= rows) return;
+    const u8* row = w + (size_t)warp * row_bytes;
+    int chunks = cols / 32;
+    for (int t0 = 0; t0 < n; t0 += TOKENS_PER_PASS) {
+        int tn = min(TOKENS_PER_PASS, n - t0);
+        float acc[TOKENS_PER_PASS];
+        for (int t = 0; t < TOKENS_PER_PASS; t++) acc[t] = 0.0f;
+        for (int c = lane; c < chunks; c += 32) {
+            float v[32];
+            dequant32<T>(row, c, v);
+            for (int t = 0; t < tn; t++) {
+                const float* xt = x + (size_t)(t0 + t) * cols + 32 * c;
+                float s = 0.0f;
+                for (int i = 0; i < 32; i++) s = fmaf(v[i], xt[i], s);
+                acc[t] += s;
+            }
+        }
+        for (int t = 0; t < tn; t++) {
+            float s = acc[t];
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffff, s, o);
+            if (lane == 0) out[(size_t)(t0 + t) * rows + warp] = s;
+        }
+    }
+}
+
+#define TILE_ROWS 64
+#define TILE_TOKENS 64
+
+// The same product for many tokens: a block computes a 64-row × 64-token tile
+// of out, stepping through the columns 32 at a time. Each step dequantizes the
+// 64 weight rows' chunk once into shared memory (where all 64 tokens use it)
+// and loads the 64 tokens' 32 values beside it; each of 256 threads then
+// accumulates a 4 × 4 patch of the tile.
+template <int T>
+__device__ void matmul_tiled(const u8* w, int row_bytes, int rows, int cols, const float* x, int n, float* out) {
+    __shared__ float ws[TILE_ROWS][33];
+    __shared__ float xs[TILE_TOKENS][33];
+    int row0 = blockIdx.x * TILE_ROWS, tok0 = blockIdx.y * TILE_TOKENS;
+    int tr = threadIdx.x / 16, tt = threadIdx.x % 16;  // this thread's patch: rows 4tr.., tokens 4tt..
+    float acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+    for (int c = 0; c < cols / 32; c++) {
+        if (threadIdx.x < TILE_ROWS) {
+            int r = row0 + threadIdx.x;
+            float v[32];
+            if (r < rows) {
+                dequant32<T>(w + (size_t)r * row_bytes, c, v);
+            } else {
+                for (int i = 0; i < 32; i++) v[i] = 0.0f;
+            }
+            for (int i = 0; i < 32; i++) ws[threadIdx.x][i] = v[i];
+        }
+        for (int k = threadIdx.x; k < TILE_TOKENS * 32; k += blockDim.x) {
+            int t = k / 32, i = k % 32;
+            xs[t][i] = tok0 + t < n ? x[(size_t)(tok0 + t) * cols + 32 * c + i] : 0.0f;
+        }
+        __syncthreads();
+        for (int i = 0; i < 32; i++) {
+            float a[4], b[4];
+            for (int p = 0; p < 4; p++) a[p] = ws[4 * tr + p][i];
+            for (int q = 0; q < 4; q++) b[q] = xs[4 * tt + q][i];
+            for (int p = 0; p < 4; p++)
+                for (int q = 0; q < 4; q++) acc[p][q] = fmaf(a[p], b[q], acc[p][q]);
+        }
+        __syncthreads();
+    }
+    for (int p = 0; p < 4; p++) {
+        int r = row0 + 4 * tr + p;
+        for (int q = 0; q < 4; q++) {
+            int t = tok0 + 4 * tt + q;
+            if (r < rows && t < n) out[(size_t)t * rows + r] = acc[p][q];
+        }
+    }
+}
+
+// Row tokens[i] of the table into row i of out.
+template <int T>
+__device__ void embed(const u8* w, int row_bytes, int cols, const u32* tokens, float* out) {
+    const u8* row = w + (size_t)tokens[blockIdx.x] * row_bytes;
+    for (int c = threadIdx.x; c < cols / 32; c += blockDim.x) {
+        float v[32];
+        dequant32<T>(row, c, v);
+        for (int i = 0; i < 32; i++) out[(size_t)blockIdx.x * cols + 32 * c + i] = v[i];
+    }
+}
+
+#define DTYPE_KERNELS(NAME, T)                                                                        \
+    extern "C" __global__ void matvec_##NAME(const u8* w, int row_bytes, int rows, int cols,         \
+                                             const float* x, int n, float* out) {                     \
+        matvec<T>(w, row_bytes, rows, cols, x, n, out);                                               \
+    }                                                                                                 \
+    extern "C" __global__ void matmul_tiled_##NAME(const u8* w, int row_bytes, int rows, int cols,   \
+                                                   const float* x, int n, float* out) {               \
+        matmul_tiled<T>(w, row_bytes, rows, cols, x, n, out);                                         \
+    }                                                                                                 \
+    extern "C" __global__ void embed_##NAME(const u8* w, int row_bytes, int cols, const u32* tokens,  \
+                                            float* out) {                                             \
+        embed<T>(w, row_bytes, cols, tokens, out);                                                    \
+    }
+
+DTYPE_KERNELS(f32, DT_F32)
+DTYPE_KERNELS(f16, DT_F16)
+DTYPE_KERNELS(bf16, DT_BF16)
+DTYPE_KERNELS(q4_0, DT_Q4_0)
+DTYPE_KERNELS(q4_1, DT_Q4_1)
+DTYPE_KERNELS(q5_0, DT_Q5_0)
+DTYPE_KERNELS(q5_1, DT_Q5_1)
+DTYPE_KERNELS(q8_0, DT_Q8_0)
+DTYPE_KERNELS(q4_k, DT_Q4_K)
+DTYPE_KERNELS(q5_k, DT_Q5_K)
+DTYPE_KERNELS(q6_k, DT_Q6_K)
+
+// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024).
+__device__ float block_sum(float v, float* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x / 32); i++) total += scratch[i];
+    return total;
+}
+
+// One block per row: out = x / sqrt(mean(x^2) + eps) * w.
+extern "C" __global__ void rms_norm(const float* x, const float* w, int width, float eps, float* out) {
+    __shared__ float scratch[32];
+    const float* row = x + (size_t)blockIdx.x * width;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) s += row[i] * row[i];
+    float scale = rsqrtf(block_sum(s, scratch) / (float)width + eps);
+    for (int i = threadIdx.x; i < width; i += blockDim.x) out[(size_t)blockIdx.x * width + i] = row[i] * scale * w[i];
+}
+
+// One block per token of a span: rotates every pair of every head.
+// halves != 0: pairs (i, i + d/2); else (2i, 2i + 1).
+extern "C" __global__ void rope(float* x, int first_row, int start_pos, int heads, int head_dim, float base, int halves) {
+    int t = blockIdx.x, half = head_dim / 2;
+    float pos = (float)(start_pos + t);
+    float* token = x + (size_t)(first_row + t) * heads * head_dim;
+    for (int k = threadIdx.x; k < heads * half; k += blockDim.x) {
+        int h = k / half, i = k % half;
+        float angle = pos * powf(base, -2.0f * (float)i / (float)head_dim);
+        float s, c;
+        sincosf(angle, &s, &c);
+        int a = halves ? i : 2 * i, b = halves ? i + half : 2 * i + 1;
+        float* head = token + h * head_dim;
+        float x0 = head[a], x1 = head[b];
+        head[a] = x0 * c - x1 * s;
+        head[b] = x0 * s + x1 * c;
+    }
+}
+
+// One block per (query token, head): causal attention over the cached
+// positions 0..start_pos + t, scores kept in dynamic shared memory.
+extern "C" __global__ void attention(const float* q, const float* keys, const float* values, int first_row,
+                                     int start_pos, int heads, int kv_heads, int head_dim, float* out) {
+    extern __shared__ float scores[];
+    __shared__ float scratch[32];
+    int t = blockIdx.x, h = blockIdx.y, kvh = h / (heads / kv_heads);
+    int n_kv = start_pos + t + 1, kv_dim = kv_heads * head_dim;
+    const float* qh = q + (size_t)(first_row + t) * heads * head_dim + h * head_dim;
+    float scale = rsqrtf((float)head_dim);
+    float local_max = __int_as_float(0xff800000);
+    for (int j = threadIdx.x; j < n_kv; j += blockDim.x) {
+        const float* k = keys + (size_t)j * kv_dim + kvh * head_dim;
+        float s = 0.0f;
+        for (int d = 0; d < head_dim; d++) s = fmaf(qh[d], k[d], s);
+        scores[j] = s * scale;
+        local_max = fmaxf(local_max, scores[j]);
+    }
+    for (int o = 16; o > 0; o >>= 1) local_max = fmaxf(local_max, __shfl_down_sync(0xffffffff, local_max, o));
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = local_max;
+    __syncthreads();
+    float m = __int_as_float(0xff800000);
+    for (int i = 0; i < (int)(blockDim.x / 32); i++) m = fmaxf(m, scratch[i]);
+    float local_sum = 0.0f;
+    for (int j = threadIdx.x; j < n_kv; j += blockDim.x) {
+        scores[j] = expf(scores[j] - m);
+        local_sum += scores[j];
+    }
+    float sum = block_sum(local_sum, scratch);
+    __syncthreads();
+    float* o = out + (size_t)(first_row + t) * heads * head_dim + h * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < n_kv; j++) acc = fmaf(scores[j], values[(size_t)j * kv_dim + kvh * head_dim + d], acc);
+        o[d] = acc / sum;
+    }
+}
+
+extern "C" __global__ void silu_mul(float* gate, const float* up, int len) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+extern "C" __global__ void add(float* x, const float* y, int len) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) x[i] += y[i];
+}
+
+// x[r][i] += bias[i] for n_rows rows of width `width`.
+extern "C" __global__ void add_bias(float* x, const float* bias, int width, int n_rows) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < width * n_rows) x[i] += bias[i % width];
+}
+
+// Row rows[i] of x into row i of out.
+extern "C" __global__ void gather_rows(const float* x, const u32* rows, int width, float* out) {
+    const float* src = x + (size_t)rows[blockIdx.x] * width;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) out[(size_t)blockIdx.x * width + i] = src[i];
+}
