@@ -42,8 +42,15 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-fn greedy_matches_llama_cpp(model: ReferenceModel) {
-    let pipeline = Pipeline::open(model.require()).unwrap();
+fn greedy_matches_llama_cpp(model: ReferenceModel, backend: BackendKind) {
+    if let Some(why) = backend.unavailable() {
+        // Where the backend cannot run, opening on it must say why (CI has no GPU).
+        let err = Pipeline::open_on(model.require(), backend).err().expect("unavailable, yet it opened").to_string();
+        assert!(err.contains(&why), "{err}");
+        eprintln!("SKIP {} on {backend}: {why}", model.file);
+        return;
+    }
+    let pipeline = Pipeline::open_on(model.require(), backend).unwrap();
     let reference = load_json(&model, "greedy.json");
     for case in reference["results"].as_array().unwrap() {
         let question = case["question"].as_str().unwrap();
@@ -240,7 +247,12 @@ fn third_opinion(pipeline: &Pipeline, prompt: &[u32], generated: &[u32], top20: 
 
 #[test]
 fn qwen_0_5b_greedy_matches_llama_cpp() {
-    greedy_matches_llama_cpp(QWEN_0_5B);
+    greedy_matches_llama_cpp(QWEN_0_5B, BackendKind::Cpu);
+}
+
+#[test]
+fn qwen_0_5b_greedy_matches_llama_cpp_on_cuda() {
+    greedy_matches_llama_cpp(QWEN_0_5B, BackendKind::Cuda);
 }
 
 #[test]
@@ -250,7 +262,12 @@ fn qwen_0_5b_logits_match_llama_cpp() {
 
 #[test]
 fn qwen_1_5b_greedy_matches_llama_cpp() {
-    greedy_matches_llama_cpp(QWEN_1_5B);
+    greedy_matches_llama_cpp(QWEN_1_5B, BackendKind::Cpu);
+}
+
+#[test]
+fn qwen_1_5b_greedy_matches_llama_cpp_on_cuda() {
+    greedy_matches_llama_cpp(QWEN_1_5B, BackendKind::Cuda);
 }
 
 #[test]
@@ -260,7 +277,12 @@ fn qwen_1_5b_logits_match_llama_cpp() {
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
-    greedy_matches_llama_cpp(SMOLLM2);
+    greedy_matches_llama_cpp(SMOLLM2, BackendKind::Cpu);
+}
+
+#[test]
+fn smollm2_greedy_matches_llama_cpp_on_cuda() {
+    greedy_matches_llama_cpp(SMOLLM2, BackendKind::Cuda);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::{attention, AttentionShape, Backend, HostMatrix, RopeStyle, SeqSpan};
+use super::{attention, AttentionShape, Backend, HostMatrix, RopeStyle};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels;
@@ -51,15 +51,16 @@ fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Rotates each head of each token of `x` (`n_tokens × heads × head_dim`) in place.
-fn rope_rows(x: &mut [f32], heads: usize, head_dim: usize, start_pos: usize, base: f32, style: RopeStyle) {
+/// Rotates each head of each token of `x` (`n_tokens × heads × head_dim`) in
+/// place, token `t` at `positions[t]`.
+fn rope_rows(x: &mut [f32], heads: usize, head_dim: usize, positions: &[u32], base: f32, style: RopeStyle) {
     let half = head_dim / 2;
     // The angles depend on position and pair only: computed once per token for all its
     // heads, into this thread's buffer (a decode step calls rope twice per layer).
     ROPE_ANGLES.with_borrow_mut(|sin_cos| {
         sin_cos.resize(half, (0.0, 0.0));
-        for (t, token) in x.chunks_exact_mut(heads * head_dim).enumerate() {
-            let pos = (start_pos + t) as f32;
+        for (token, &pos) in x.chunks_exact_mut(heads * head_dim).zip(positions) {
+            let pos = pos as f32;
             for (i, sc) in sin_cos.iter_mut().enumerate() {
                 *sc = (pos * base.powf(-2.0 * i as f32 / head_dim as f32)).sin_cos();
             }
@@ -85,6 +86,7 @@ fn prefixes<'a>(outs: &'a mut [&mut Vec<f32>], lens: impl Iterator<Item = usize>
 
 impl Backend for Cpu {
     type Buffer = Vec<f32>;
+    type Indices = Vec<u32>;
     type Matrix = HostMatrix;
 
     fn name(&self) -> &'static str {
@@ -121,9 +123,18 @@ impl Backend for Cpu {
         Ok(matrix.clone())
     }
 
-    fn embed(&self, table: &HostMatrix, tokens: &[u32], out: &mut Vec<f32>) -> Result<()> {
+    fn alloc_indices(&self, len: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+
+    fn write_indices(&self, indices: &mut Vec<u32>, values: &[u32]) -> Result<()> {
+        indices[..values.len()].copy_from_slice(values);
+        Ok(())
+    }
+
+    fn embed(&self, table: &HostMatrix, tokens: &Vec<u32>, n: usize, out: &mut Vec<f32>) -> Result<()> {
         let table = table.view();
-        for (&token, row) in tokens.iter().zip(out.chunks_exact_mut(table.cols)) {
+        for (&token, row) in tokens[..n].iter().zip(out.chunks_exact_mut(table.cols)) {
             if token as usize >= table.rows {
                 return Err(Error::Invalid(format!("token id {token} is outside the vocabulary ({})", table.rows)));
             }
@@ -162,31 +173,30 @@ impl Backend for Cpu {
     fn rope(
         &self,
         x: &mut Vec<f32>,
-        spans: &[SeqSpan],
+        positions: &Vec<u32>,
+        n_rows: usize,
         heads: usize,
         head_dim: usize,
         base: f32,
         style: RopeStyle,
     ) -> Result<()> {
-        let width = heads * head_dim;
-        for span in spans {
-            let rows = &mut x[span.first_row * width..(span.first_row + span.n_tokens) * width];
-            rope_rows(rows, heads, head_dim, span.start_pos, base, style);
-        }
+        rope_rows(&mut x[..n_rows * heads * head_dim], heads, head_dim, &positions[..n_rows], base, style);
         Ok(())
     }
 
     fn kv_store(
         &self,
         cache: &mut Vec<f32>,
-        position: usize,
+        positions: &Vec<u32>,
         src: &Vec<f32>,
         first_row: usize,
         n: usize,
         width: usize,
     ) -> Result<()> {
-        cache[position * width..(position + n) * width]
-            .copy_from_slice(&src[first_row * width..(first_row + n) * width]);
+        for row in first_row..first_row + n {
+            let at = positions[row] as usize;
+            cache[at * width..(at + 1) * width].copy_from_slice(&src[row * width..(row + 1) * width]);
+        }
         Ok(())
     }
 
@@ -200,10 +210,12 @@ impl Backend for Cpu {
         q: &Vec<f32>,
         keys: &Vec<f32>,
         values: &Vec<f32>,
+        positions: &Vec<u32>,
         s: AttentionShape,
         first_row: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        debug_assert_eq!(positions[first_row] as usize, s.start_pos, "the span's positions are consecutive");
         let q_width = s.heads * s.head_dim;
         let rows = first_row * q_width..(first_row + s.n_tokens) * q_width;
         let cached = (s.start_pos + s.n_tokens) * s.kv_heads * s.head_dim;
@@ -221,8 +233,9 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn gather_rows(&self, x: &Vec<f32>, rows: &[usize], width: usize, out: &mut Vec<f32>) -> Result<()> {
-        for (i, &row) in rows.iter().enumerate() {
+    fn gather_rows(&self, x: &Vec<f32>, rows: &Vec<u32>, n: usize, width: usize, out: &mut Vec<f32>) -> Result<()> {
+        for (i, &row) in rows[..n].iter().enumerate() {
+            let row = row as usize;
             out[i * width..(i + 1) * width].copy_from_slice(&x[row * width..(row + 1) * width]);
         }
         Ok(())

@@ -28,34 +28,41 @@ pub enum RopeStyle {
     Interleaved,
 }
 
-/// One sequence's rows within a batch: `n_tokens` rows from `first_row`, at
-/// positions `start_pos..start_pos + n_tokens` of its own KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeqSpan {
-    pub first_row: usize,
-    pub n_tokens: usize,
-    pub start_pos: usize,
-}
-
 /// Geometry of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
     pub n_tokens: usize,
-    /// Position of the first of the `n_tokens` queries.
+    /// Position of the first of the `n_tokens` queries: the host's copy of
+    /// `positions[first_row]`, for bounds. A backend that replays recorded
+    /// steps must read the positions buffer instead, as this changes per step.
     pub start_pos: usize,
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
 }
 
+/// Identifies the device work of one forward step by everything its
+/// recording would bake in (rows per sequence, which caches and workspace,
+/// which logits), but not the values that change from step to step (token
+/// ids and positions, which reach the operations through [`Backend::Indices`]).
+pub type StepKey = Vec<u64>;
+
 /// What a backend implements. Buffers are flat `f32` arrays of at least the
 /// length an operation names; each operation reads and writes only the prefix
 /// it is told (`n_rows × width`), so a workspace sized for a long prompt is
 /// reused by one-token steps. Every operation returns `Result`: a device can
 /// fail at any call.
+///
+/// The values of a step that change from one decode step to the next (token
+/// ids, each row's position, the rows logits are taken from) reach the
+/// operations as [`Backend::Indices`] buffers written before the step, never
+/// as launch arguments: so a device backend can record a step once and replay
+/// it ([`Backend::run_step`]).
 pub trait Backend: Send + Sync + 'static {
     /// Activations, KV cache and small vectors, where this backend computes.
     type Buffer: Send + Sync + 'static;
+    /// `u32` values where this backend computes: token ids, positions, row numbers.
+    type Indices: Send + Sync + 'static;
     /// A weight matrix in the form this backend's kernels read.
     type Matrix: Send + Sync + 'static;
 
@@ -89,11 +96,26 @@ pub trait Backend: Send + Sync + 'static {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// A buffer of `len` indices (zero).
+    fn alloc_indices(&self, len: usize) -> Result<Self::Indices>;
+    /// Overwrites the first `values.len()` indices of `indices` from the host.
+    fn write_indices(&self, indices: &mut Self::Indices, values: &[u32]) -> Result<()>;
+
+    /// Runs `work`, the operations of one forward step. With a `key`, a
+    /// backend may record the work the second time it sees the key and replay
+    /// the recording from then on instead of calling `work` (a CUDA graph);
+    /// the forward pass gives a key only when nothing but the indices buffers
+    /// changes between steps of that key and nobody watches the operations.
+    fn run_step(&self, key: Option<&StepKey>, work: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let _ = key;
+        work()
+    }
 
     // ---- operations
 
-    /// Row `tokens[i]` of `table` into row `i` of `out`; an id outside the table is an error.
-    fn embed(&self, table: &Self::Matrix, tokens: &[u32], out: &mut Self::Buffer) -> Result<()>;
+    /// Row `tokens[i]` of `table` into row `i` of `out`, for `n` tokens (the
+    /// forward pass has checked every id against the table).
+    fn embed(&self, table: &Self::Matrix, tokens: &Self::Indices, n: usize, out: &mut Self::Buffer) -> Result<()>;
 
     /// `outs[i][t][r] = ws[i][r] · x[t]` for `n_rows` rows of `x`; one call for
     /// matrices that share their input, so a backend can share the work (the
@@ -105,6 +127,59 @@ pub trait Backend: Send + Sync + 'static {
         n_rows: usize,
         outs: &mut [&mut Self::Buffer],
     ) -> Result<()>;
+
+    /// `outs[i] = ws[i] · x + biases[i]` (`widths[i]` = rows of `ws[i]`): one
+    /// product per matrix, then its bias, which a backend may fuse into one pass.
+    fn matmul_bias(
+        &self,
+        ws: &[&Self::Matrix],
+        biases: &[Option<&Self::Buffer>],
+        widths: &[usize],
+        x: &Self::Buffer,
+        n_rows: usize,
+        outs: &mut [&mut Self::Buffer],
+    ) -> Result<()> {
+        self.matmul(ws, x, n_rows, outs)?;
+        for ((out, bias), &width) in outs.iter_mut().zip(biases).zip(widths) {
+            if let Some(bias) = bias {
+                self.add_bias(out, bias, width, n_rows)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `out += w · x` (a residual connection; `width` = rows of `w`), through
+    /// `scratch` unless the backend fuses the sum into the product.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_add(
+        &self,
+        w: &Self::Matrix,
+        x: &Self::Buffer,
+        n_rows: usize,
+        width: usize,
+        scratch: &mut Self::Buffer,
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        self.matmul(&[w], x, n_rows, &mut [&mut *scratch])?;
+        self.add(out, scratch, n_rows * width)
+    }
+
+    /// `gate_out = silu(gate · x) * (up · x)` (a gated FFN; `width` = rows of
+    /// each), through `up_out` unless the backend fuses it into one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_silu_gate(
+        &self,
+        gate: &Self::Matrix,
+        up: &Self::Matrix,
+        x: &Self::Buffer,
+        n_rows: usize,
+        width: usize,
+        gate_out: &mut Self::Buffer,
+        up_out: &mut Self::Buffer,
+    ) -> Result<()> {
+        self.matmul(&[gate, up], x, n_rows, &mut [&mut *gate_out, &mut *up_out])?;
+        self.silu_mul(gate_out, up_out, n_rows * width)
+    }
 
     /// `x[t] += bias` for each of `n_rows` rows of width `bias_len`.
     fn add_bias(&self, x: &mut Self::Buffer, bias: &Self::Buffer, bias_len: usize, n_rows: usize) -> Result<()>;
@@ -120,12 +195,14 @@ pub trait Backend: Send + Sync + 'static {
         out: &mut Self::Buffer,
     ) -> Result<()>;
 
-    /// Rotates each head of each row of `x` (`rows × heads × head_dim`) in
-    /// place, each sequence's rows at its own positions.
+    /// Rotates each head of each of `n_rows` rows of `x` (`rows × heads ×
+    /// head_dim`) in place, row `r` at position `positions[r]`.
+    #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
         x: &mut Self::Buffer,
-        spans: &[SeqSpan],
+        positions: &Self::Indices,
+        n_rows: usize,
         heads: usize,
         head_dim: usize,
         base: f32,
@@ -133,11 +210,12 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// Copies `n` rows of width `width` of `src`, from row `first_row`, into
-    /// rows `position..position + n` of a KV cache buffer.
+    /// a KV cache buffer, row `r` at row `positions[r]` of the cache.
+    #[allow(clippy::too_many_arguments)]
     fn kv_store(
         &self,
         cache: &mut Self::Buffer,
-        position: usize,
+        positions: &Self::Indices,
         src: &Self::Buffer,
         first_row: usize,
         n: usize,
@@ -148,13 +226,16 @@ pub trait Backend: Send + Sync + 'static {
     fn zero(&self, buffer: &mut Self::Buffer, start: usize, len: usize) -> Result<()>;
 
     /// Causal grouped-query attention of the queries in rows
-    /// `first_row..first_row + shape.n_tokens` of `q` against cached
-    /// `keys`/`values` (positions `0..start_pos + n_tokens`), into the same rows of `out`.
+    /// `first_row..first_row + shape.n_tokens` of `q` (row `r` at position
+    /// `positions[r]`, attending to cached positions `0..=positions[r]`)
+    /// against cached `keys`/`values`, into the same rows of `out`.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &Self::Buffer,
         keys: &Self::Buffer,
         values: &Self::Buffer,
+        positions: &Self::Indices,
         shape: AttentionShape,
         first_row: usize,
         out: &mut Self::Buffer,
@@ -166,8 +247,15 @@ pub trait Backend: Send + Sync + 'static {
     /// `x += y` over the first `len` values.
     fn add(&self, x: &mut Self::Buffer, y: &Self::Buffer, len: usize) -> Result<()>;
 
-    /// Rows `rows[i]` (of width `width`) of `x` into row `i` of `out`.
-    fn gather_rows(&self, x: &Self::Buffer, rows: &[usize], width: usize, out: &mut Self::Buffer) -> Result<()>;
+    /// Rows `rows[i]` (of width `width`) of `x` into row `i` of `out`, for `n` rows.
+    fn gather_rows(
+        &self,
+        x: &Self::Buffer,
+        rows: &Self::Indices,
+        n: usize,
+        width: usize,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
 }
 
 /// The backends a model can run on: the one name used by `#[model_test]`,

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use super::cpu::Cpu;
-use super::{AttentionShape, Backend, HostMatrix, RopeStyle, SeqSpan, WeightMatrix};
+use super::{AttentionShape, Backend, HostMatrix, RopeStyle, WeightMatrix};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::quant;
@@ -39,6 +39,7 @@ fn exact_matmul(w: &WeightMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) {
 
 impl Backend for CpuReference {
     type Buffer = Vec<f32>;
+    type Indices = Vec<u32>;
     type Matrix = HostMatrix;
 
     fn name(&self) -> &'static str {
@@ -76,8 +77,14 @@ impl Backend for CpuReference {
     fn prepare(&self, matrix: &HostMatrix) -> Result<HostMatrix> {
         Cpu.prepare(matrix)
     }
-    fn embed(&self, table: &HostMatrix, tokens: &[u32], out: &mut Vec<f32>) -> Result<()> {
-        Cpu.embed(table, tokens, out)
+    fn alloc_indices(&self, len: usize) -> Result<Vec<u32>> {
+        Cpu.alloc_indices(len)
+    }
+    fn write_indices(&self, indices: &mut Vec<u32>, values: &[u32]) -> Result<()> {
+        Cpu.write_indices(indices, values)
+    }
+    fn embed(&self, table: &HostMatrix, tokens: &Vec<u32>, n: usize, out: &mut Vec<f32>) -> Result<()> {
+        Cpu.embed(table, tokens, n, out)
     }
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, bias_len: usize, n_rows: usize) -> Result<()> {
         Cpu.add_bias(x, bias, bias_len, n_rows)
@@ -88,16 +95,25 @@ impl Backend for CpuReference {
     fn rope(
         &self,
         x: &mut Vec<f32>,
-        spans: &[SeqSpan],
+        positions: &Vec<u32>,
+        n_rows: usize,
         heads: usize,
         dim: usize,
         base: f32,
         style: RopeStyle,
     ) -> Result<()> {
-        Cpu.rope(x, spans, heads, dim, base, style)
+        Cpu.rope(x, positions, n_rows, heads, dim, base, style)
     }
-    fn kv_store(&self, cache: &mut Vec<f32>, at: usize, src: &Vec<f32>, row: usize, n: usize, w: usize) -> Result<()> {
-        Cpu.kv_store(cache, at, src, row, n, w)
+    fn kv_store(
+        &self,
+        cache: &mut Vec<f32>,
+        positions: &Vec<u32>,
+        src: &Vec<f32>,
+        row: usize,
+        n: usize,
+        w: usize,
+    ) -> Result<()> {
+        Cpu.kv_store(cache, positions, src, row, n, w)
     }
     fn zero(&self, buffer: &mut Vec<f32>, start: usize, len: usize) -> Result<()> {
         Cpu.zero(buffer, start, len)
@@ -107,11 +123,12 @@ impl Backend for CpuReference {
         q: &Vec<f32>,
         keys: &Vec<f32>,
         values: &Vec<f32>,
+        positions: &Vec<u32>,
         shape: AttentionShape,
         first_row: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        Cpu.attention(q, keys, values, shape, first_row, out)
+        Cpu.attention(q, keys, values, positions, shape, first_row, out)
     }
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         Cpu.silu_mul(gate, up, len)
@@ -119,7 +136,7 @@ impl Backend for CpuReference {
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<()> {
         Cpu.add(x, y, len)
     }
-    fn gather_rows(&self, x: &Vec<f32>, rows: &[usize], width: usize, out: &mut Vec<f32>) -> Result<()> {
-        Cpu.gather_rows(x, rows, width, out)
+    fn gather_rows(&self, x: &Vec<f32>, rows: &Vec<u32>, n: usize, width: usize, out: &mut Vec<f32>) -> Result<()> {
+        Cpu.gather_rows(x, rows, n, width, out)
     }
 }

@@ -11,7 +11,7 @@ use super::engine::Engine;
 use super::observer::{Boundary, Observer, Op};
 use super::workspace::{Activations, Workspace};
 use super::KvCache;
-use crate::backend::{AttentionShape, Backend, SeqSpan};
+use crate::backend::{AttentionShape, Backend, StepKey};
 use crate::error::{Error, Result};
 use crate::model::KvFault;
 
@@ -30,12 +30,28 @@ pub struct Sequence<'a> {
     pub logits: Logits,
 }
 
+/// One sequence's rows within a batch: `n_tokens` rows from `first_row`, at
+/// positions `start_pos..start_pos + n_tokens` of its own KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SeqSpan {
+    first_row: usize,
+    n_tokens: usize,
+    start_pos: usize,
+}
+
+/// Steps that add at most this many tokens to each sequence may be recorded
+/// and replayed (decode steps, of one request or a server's batch); a prompt
+/// runs call by call.
+const REPLAYABLE_TOKENS: usize = 4;
+
 impl<B: Backend> Engine<B> {
     /// Runs every sequence's tokens, appends them to its cache, and returns
     /// each sequence's logits (`vocab` values per requested position).
     pub(super) fn run(&self, sequences: &mut [Sequence<'_>], observer: &mut dyn Observer) -> Result<Vec<Vec<f32>>> {
         let spans = plan(sequences)?;
+        self.check_token_ids(sequences)?;
         let n = spans.iter().map(|s| s.n_tokens).sum::<usize>();
+        let logit_rows = logit_rows(&spans, sequences);
         // The buffers are overwritten before use, so a poisoned lock's contents are fine.
         let mut fresh = Workspace::default();
         let mut guard = match self.workspace.try_lock() {
@@ -44,25 +60,79 @@ impl<B: Backend> Engine<B> {
             Err(TryLockError::WouldBlock) => None,
         };
         let workspace = guard.as_deref_mut().unwrap_or(&mut fresh);
-        let a = workspace.for_rows(&self.backend, &self.config, n)?;
+        let (generation, a) = workspace.for_rows(&self.backend, &self.config, n, logit_rows.len())?;
+        self.write_step(a, &spans, sequences, &logit_rows)?;
+        let key = self.step_key(generation, &spans, sequences, &*observer)?;
         observer.begin(spans[0].start_pos, n);
-        // One sequence (every decode step of run and chat) embeds its own slice; a batch, the concatenation.
+        self.backend.run_step(key.as_ref(), &mut || {
+            self.timed(observer, None, Op::Embedding, || self.backend.embed(&self.embedding, &a.tokens, n, &mut a.x))?;
+            self.show(observer, None, Boundary::Embedding, &mut a.x, n * self.config.hidden)?;
+            for layer in 0..self.config.layers {
+                self.attention_block(layer, a, &spans, sequences, observer)?;
+                self.ffn_block(layer, a, n, observer)?;
+            }
+            self.lm_head(a, logit_rows.len(), observer)
+        })?;
+        for sequence in sequences.iter_mut() {
+            sequence.cache.advance(sequence.tokens.len());
+        }
+        let logits = self.backend.read(&a.logits, logit_rows.len() * self.config.vocab)?.into_owned();
+        observer.end();
+        Ok(split_logits(logits, sequences, self.config.vocab))
+    }
+
+    /// An id outside the embedding table is the caller's error, named before any work.
+    fn check_token_ids(&self, sequences: &[Sequence<'_>]) -> Result<()> {
+        let vocab = self.config.vocab;
+        match sequences.iter().flat_map(|s| s.tokens).find(|&&t| t as usize >= vocab) {
+            Some(bad) => Err(Error::Invalid(format!("token id {bad} is outside the vocabulary ({vocab})"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The step's token ids, each row's position and the logit rows, into the workspace.
+    fn write_step(
+        &self,
+        a: &mut Activations<B>,
+        spans: &[SeqSpan],
+        sequences: &[Sequence<'_>],
+        logit_rows: &[u32],
+    ) -> Result<()> {
+        let b = &self.backend;
+        // One sequence (every decode step of run and chat) writes its own slice; a batch, the concatenation.
         let tokens: Cow<[u32]> = match sequences {
             [one] => Cow::Borrowed(one.tokens),
             _ => Cow::Owned(sequences.iter().flat_map(|s| s.tokens.iter().copied()).collect()),
         };
-        self.timed(observer, None, Op::Embedding, || self.backend.embed(&self.embedding, &tokens, &mut a.x))?;
-        self.show(observer, None, Boundary::Embedding, &mut a.x, n * self.config.hidden)?;
-        for layer in 0..self.config.layers {
-            self.attention_block(layer, a, &spans, sequences, observer)?;
-            self.ffn_block(layer, a, n, observer)?;
+        let positions: Vec<u32> =
+            spans.iter().flat_map(|s| (s.start_pos..s.start_pos + s.n_tokens).map(|p| p as u32)).collect();
+        b.write_indices(&mut a.tokens, &tokens)?;
+        b.write_indices(&mut a.positions, &positions)?;
+        b.write_indices(&mut a.logit_row_ids, logit_rows)
+    }
+
+    /// What a recording of this step would bake in, or `None` when the step
+    /// must run call by call: an observer that watches, a cache with a test
+    /// fault, a prompt.
+    fn step_key(
+        &self,
+        workspace_generation: u64,
+        spans: &[SeqSpan],
+        sequences: &mut [Sequence<'_>],
+        observer: &dyn Observer,
+    ) -> Result<Option<StepKey>> {
+        let watched = !observer.ignores_steps();
+        let prompt = spans.iter().any(|s| s.n_tokens > REPLAYABLE_TOKENS);
+        if watched || prompt || sequences.iter().any(|s| s.cache.fault.is_some()) {
+            return Ok(None);
         }
-        for sequence in sequences.iter_mut() {
-            sequence.cache.advance(sequence.tokens.len());
+        let mut key = vec![workspace_generation];
+        for (span, sequence) in spans.iter().zip(sequences.iter_mut()) {
+            let wants_all = u64::from(sequence.logits == Logits::All);
+            let cache = self.cache_buffers(sequence.cache)?.id;
+            key.extend([span.n_tokens as u64, wants_all, cache]);
         }
-        let logits = self.logits(a, &spans, sequences, observer)?;
-        observer.end();
-        Ok(logits)
+        Ok(Some(key))
     }
 
     fn attention_block(
@@ -90,8 +160,8 @@ impl<B: Backend> Engine<B> {
         self.show(observer, at, Boundary::K, &mut a.k, n * kv_dim)?;
         self.show(observer, at, Boundary::V, &mut a.v, n * kv_dim)?;
         self.timed(observer, at, Op::Rope, || {
-            b.rope(&mut a.q, spans, c.heads, c.head_dim, c.rope_base, self.rope)?;
-            b.rope(&mut a.k, spans, c.kv_heads, c.head_dim, c.rope_base, self.rope)
+            b.rope(&mut a.q, &a.positions, n, c.heads, c.head_dim, c.rope_base, self.rope)?;
+            b.rope(&mut a.k, &a.positions, n, c.kv_heads, c.head_dim, c.rope_base, self.rope)
         })?;
         self.timed(observer, at, Op::Attention, || {
             for (sequence, span) in sequences.iter_mut().zip(spans) {
@@ -101,8 +171,8 @@ impl<B: Backend> Engine<B> {
                 if fault == Some(KvFault::ForgetEarlierPositions) && span.start_pos > 0 {
                     b.zero(keys, 0, span.start_pos * kv_dim)?;
                 }
-                b.kv_store(keys, span.start_pos, &a.k, span.first_row, span.n_tokens, kv_dim)?;
-                b.kv_store(values, span.start_pos, &a.v, span.first_row, span.n_tokens, kv_dim)?;
+                b.kv_store(keys, &a.positions, &a.k, span.first_row, span.n_tokens, kv_dim)?;
+                b.kv_store(values, &a.positions, &a.v, span.first_row, span.n_tokens, kv_dim)?;
                 let shape = AttentionShape {
                     n_tokens: span.n_tokens,
                     start_pos: span.start_pos,
@@ -110,10 +180,14 @@ impl<B: Backend> Engine<B> {
                     kv_heads: c.kv_heads,
                     head_dim: c.head_dim,
                 };
-                b.attention(&a.q, keys, values, shape, span.first_row, &mut a.attn)?;
+                b.attention(&a.q, keys, values, &a.positions, shape, span.first_row, &mut a.attn)?;
             }
             Ok(())
         })?;
+        if observer.ignores_steps() {
+            // Nobody sees the projection before the residual sum: one pass for both.
+            return b.matmul_add(&w.o, &a.attn, n, c.hidden, &mut a.block_out, &mut a.x);
+        }
         let out_projection = || self.project([&*w.o], [None], [c.hidden], &a.attn, n, [&mut a.block_out]);
         self.timed(observer, at, Op::OutProjection, out_projection)?;
         self.show(observer, at, Boundary::AttnOutput, &mut a.block_out, n * c.hidden)?;
@@ -126,6 +200,11 @@ impl<B: Backend> Engine<B> {
         let (w, b, at) = (&self.layers[layer], &self.backend, Some(layer));
         self.timed(observer, at, Op::FfnNorm, || b.rms_norm(&a.x, &w.ffn_norm, c.hidden, c.rms_eps, n, &mut a.normed))?;
         self.show(observer, at, Boundary::FfnNorm, &mut a.normed, n * c.hidden)?;
+        if observer.ignores_steps() {
+            // Nobody sees the products, the activation or the sum apart: fused where the backend can.
+            b.matmul_silu_gate(&w.gate, &w.up, &a.normed, n, c.ffn, &mut a.gate, &mut a.up)?;
+            return b.matmul_add(&w.down, &a.gate, n, c.hidden, &mut a.block_out, &mut a.x);
+        }
         self.timed(observer, at, Op::GateUpProjection, || {
             self.project([&*w.gate, &*w.up], [None, None], [c.ffn, c.ffn], &a.normed, n, [&mut a.gate, &mut a.up])
         })?;
@@ -138,44 +217,16 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The final norm and LM head over the rows each sequence wants logits
-    /// for; the one read-back of an unobserved call.
-    fn logits(
-        &self,
-        a: &mut Activations<B>,
-        spans: &[SeqSpan],
-        sequences: &[Sequence<'_>],
-        observer: &mut dyn Observer,
-    ) -> Result<Vec<Vec<f32>>> {
+    /// for (`a.logit_row_ids`), into `a.logits`.
+    fn lm_head(&self, a: &mut Activations<B>, n: usize, observer: &mut dyn Observer) -> Result<()> {
         let (c, b) = (&self.config, &self.backend);
-        let rows: Vec<usize> = spans
-            .iter()
-            .zip(sequences)
-            .flat_map(|(span, sequence)| match sequence.logits {
-                Logits::Last => span.first_row + span.n_tokens - 1..span.first_row + span.n_tokens,
-                Logits::All => span.first_row..span.first_row + span.n_tokens,
-            })
-            .collect();
-        let n = rows.len();
         self.timed(observer, None, Op::FinalNorm, || {
-            b.gather_rows(&a.x, &rows, c.hidden, &mut a.last_rows)?;
+            b.gather_rows(&a.x, &a.logit_row_ids, n, c.hidden, &mut a.last_rows)?;
             b.rms_norm(&a.last_rows, &self.output_norm, c.hidden, c.rms_eps, n, &mut a.final_norm)
         })?;
         self.show(observer, None, Boundary::FinalNorm, &mut a.final_norm, n * c.hidden)?;
-        let mut logits = b.alloc(n * c.vocab)?;
-        self.timed(observer, None, Op::LmHead, || b.matmul(&[&*self.output], &a.final_norm, n, &mut [&mut logits]))?;
-        self.show(observer, None, Boundary::Logits, &mut logits, n * c.vocab)?;
-        let mut all = b.download(logits, n * c.vocab)?;
-        // Split per sequence, last first so each split is a cheap tail.
-        let mut per_sequence = Vec::with_capacity(sequences.len());
-        for sequence in sequences.iter().rev() {
-            let rows = match sequence.logits {
-                Logits::Last => 1,
-                Logits::All => sequence.tokens.len(),
-            };
-            per_sequence.push(all.split_off(all.len() - rows * c.vocab));
-        }
-        per_sequence.reverse();
-        Ok(per_sequence)
+        self.timed(observer, None, Op::LmHead, || b.matmul(&[&*self.output], &a.final_norm, n, &mut [&mut a.logits]))?;
+        self.show(observer, None, Boundary::Logits, &mut a.logits, n * c.vocab)
     }
 
     /// `outs[i]` = `n` rows of `input` times `ws[i]`, plus bias `biases[i]` (of
@@ -189,13 +240,7 @@ impl<B: Backend> Engine<B> {
         n: usize,
         mut outs: [&mut B::Buffer; N],
     ) -> Result<()> {
-        self.backend.matmul(&ws, input, n, &mut outs)?;
-        for ((out, bias), width) in outs.into_iter().zip(biases).zip(widths) {
-            if let Some(bias) = bias {
-                self.backend.add_bias(out, bias, width, n)?;
-            }
-        }
-        Ok(())
+        self.backend.matmul_bias(&ws, &biases, &widths, input, n, &mut outs)
     }
 
     /// Runs `f`, reporting its duration to `observer` if it keeps time (after
@@ -241,6 +286,30 @@ impl<B: Backend> Engine<B> {
             None => Ok(()),
         }
     }
+}
+
+/// The batch rows each sequence wants logits for, in order.
+fn logit_rows(spans: &[SeqSpan], sequences: &[Sequence<'_>]) -> Vec<u32> {
+    let rows = spans.iter().zip(sequences).flat_map(|(span, sequence)| match sequence.logits {
+        Logits::Last => span.first_row + span.n_tokens - 1..span.first_row + span.n_tokens,
+        Logits::All => span.first_row..span.first_row + span.n_tokens,
+    });
+    rows.map(|r| r as u32).collect()
+}
+
+/// Each sequence's share of the logits, in order.
+fn split_logits(mut all: Vec<f32>, sequences: &[Sequence<'_>], vocab: usize) -> Vec<Vec<f32>> {
+    // Last first, so each split is a cheap tail.
+    let mut per_sequence = Vec::with_capacity(sequences.len());
+    for sequence in sequences.iter().rev() {
+        let rows = match sequence.logits {
+            Logits::Last => 1,
+            Logits::All => sequence.tokens.len(),
+        };
+        per_sequence.push(all.split_off(all.len() - rows * vocab));
+    }
+    per_sequence.reverse();
+    per_sequence
 }
 
 /// Each sequence's rows in the batch; refuses an empty sequence or one that

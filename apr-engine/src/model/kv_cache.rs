@@ -34,6 +34,8 @@ pub struct KvCache {
 pub(crate) struct LayerBuffers<B: Backend> {
     pub keys: Vec<B::Buffer>,
     pub values: Vec<B::Buffer>,
+    /// Unique to this allocation: a recorded step names the caches it wrote.
+    pub id: u64,
 }
 
 impl std::fmt::Debug for KvCache {
@@ -87,7 +89,8 @@ impl KvCache {
         if self.storage.is_none() {
             let len = self.kv_dim * self.capacity;
             let alloc = || (0..layers).map(|_| backend.alloc(len)).collect::<Result<Vec<_>>>();
-            self.storage = Some(Box::new(LayerBuffers::<B> { keys: alloc()?, values: alloc()? }));
+            let id = super::workspace::next_buffer_generation();
+            self.storage = Some(Box::new(LayerBuffers::<B> { keys: alloc()?, values: alloc()?, id }));
         }
         self.storage.as_mut().and_then(|s| s.downcast_mut::<LayerBuffers<B>>()).ok_or_else(|| {
             Error::Invalid(format!("a KV cache holding another backend's buffers given to backend {}", backend.name()))

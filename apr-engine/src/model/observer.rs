@@ -70,6 +70,11 @@ pub trait Observer {
     fn timed(&mut self, _layer: Option<usize>, _op: Op, _elapsed: Duration) {}
     /// The forward call ends.
     fn end(&mut self) {}
+    /// True for an observer that needs none of the calls above but `begin`
+    /// and `end`: the backend may then replay a recorded step, which calls nothing.
+    fn ignores_steps(&self) -> bool {
+        false
+    }
 }
 
 /// The observer of an untraced run: does nothing, costs nothing.
@@ -81,4 +86,7 @@ impl Observer for NoObserver {
     }
     #[inline]
     fn observe(&mut self, _: Option<usize>, _: Boundary, _: &[f32]) {}
+    fn ignores_steps(&self) -> bool {
+        true
+    }
 }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::backend::{AttentionShape, Backend, HostMatrix, RopeStyle, SeqSpan};
+use crate::backend::{AttentionShape, Backend, HostMatrix, RopeStyle, StepKey};
 use crate::dtype::DType;
 use crate::error::Result;
 
@@ -55,6 +55,7 @@ impl<B: Backend> BrokenOp<B> {
 
 impl<B: Backend> Backend for BrokenOp<B> {
     type Buffer = B::Buffer;
+    type Indices = B::Indices;
     type Matrix = B::Matrix;
 
     fn name(&self) -> &'static str {
@@ -79,11 +80,22 @@ impl<B: Backend> Backend for BrokenOp<B> {
         self.inner.prepare(matrix)
     }
 
+    fn alloc_indices(&self, len: usize) -> Result<B::Indices> {
+        self.inner.alloc_indices(len)
+    }
+    fn write_indices(&self, indices: &mut B::Indices, values: &[u32]) -> Result<()> {
+        self.inner.write_indices(indices, values)
+    }
+    /// Never replays a recording: the fault needs every call, to count layers.
+    fn run_step(&self, _key: Option<&StepKey>, work: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        work()
+    }
+
     /// A forward pass starts with the embedding: the layer counts start over.
-    fn embed(&self, table: &B::Matrix, tokens: &[u32], out: &mut B::Buffer) -> Result<()> {
+    fn embed(&self, table: &B::Matrix, tokens: &B::Indices, n: usize, out: &mut B::Buffer) -> Result<()> {
         self.rope_calls.store(0, Ordering::Relaxed);
         self.attention_calls.store(0, Ordering::Relaxed);
-        self.inner.embed(table, tokens, out)
+        self.inner.embed(table, tokens, n, out)
     }
     fn matmul(&self, ws: &[&B::Matrix], x: &B::Buffer, n_rows: usize, outs: &mut [&mut B::Buffer]) -> Result<()> {
         self.inner.matmul(ws, x, n_rows, outs)
@@ -109,7 +121,8 @@ impl<B: Backend> Backend for BrokenOp<B> {
     fn rope(
         &self,
         x: &mut B::Buffer,
-        spans: &[SeqSpan],
+        positions: &B::Indices,
+        n_rows: usize,
         heads: usize,
         dim: usize,
         base: f32,
@@ -119,18 +132,18 @@ impl<B: Backend> Backend for BrokenOp<B> {
         if self.fault == (OpFault::SkipRope { layer }) {
             return Ok(());
         }
-        self.inner.rope(x, spans, heads, dim, base, style)
+        self.inner.rope(x, positions, n_rows, heads, dim, base, style)
     }
     fn kv_store(
         &self,
         cache: &mut B::Buffer,
-        at: usize,
+        positions: &B::Indices,
         src: &B::Buffer,
         row: usize,
         n: usize,
         w: usize,
     ) -> Result<()> {
-        self.inner.kv_store(cache, at, src, row, n, w)
+        self.inner.kv_store(cache, positions, src, row, n, w)
     }
     fn zero(&self, buffer: &mut B::Buffer, start: usize, len: usize) -> Result<()> {
         self.inner.zero(buffer, start, len)
@@ -140,12 +153,13 @@ impl<B: Backend> Backend for BrokenOp<B> {
         q: &B::Buffer,
         keys: &B::Buffer,
         values: &B::Buffer,
+        positions: &B::Indices,
         shape: AttentionShape,
         first_row: usize,
         out: &mut B::Buffer,
     ) -> Result<()> {
         let layer = self.attention_calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.attention(q, keys, values, shape, first_row, out)?;
+        self.inner.attention(q, keys, values, positions, shape, first_row, out)?;
         match self.fault {
             OpFault::OffsetAttention { layer: broken, offset } if broken == layer => {
                 let width = shape.heads * shape.head_dim;
@@ -163,7 +177,7 @@ impl<B: Backend> Backend for BrokenOp<B> {
     fn add(&self, x: &mut B::Buffer, y: &B::Buffer, len: usize) -> Result<()> {
         self.inner.add(x, y, len)
     }
-    fn gather_rows(&self, x: &B::Buffer, rows: &[usize], width: usize, out: &mut B::Buffer) -> Result<()> {
-        self.inner.gather_rows(x, rows, width, out)
+    fn gather_rows(&self, x: &B::Buffer, rows: &B::Indices, n: usize, width: usize, out: &mut B::Buffer) -> Result<()> {
+        self.inner.gather_rows(x, rows, n, width, out)
     }
 }

@@ -155,6 +155,97 @@ __device__ void matvec(const u8* w, int row_bytes, int rows, int cols, const flo
     }
 }
 
+// dequant32 for a dtype known at run time (the same for a whole warp, so the branch does not diverge).
+__device__ __forceinline__ void dequant32_any(int dtype, const u8* row, int c, float* v) {
+    switch (dtype) {
+        case DT_F32: dequant32<DT_F32>(row, c, v); break;
+        case DT_F16: dequant32<DT_F16>(row, c, v); break;
+        case DT_BF16: dequant32<DT_BF16>(row, c, v); break;
+        case DT_Q4_0: dequant32<DT_Q4_0>(row, c, v); break;
+        case DT_Q4_1: dequant32<DT_Q4_1>(row, c, v); break;
+        case DT_Q5_0: dequant32<DT_Q5_0>(row, c, v); break;
+        case DT_Q5_1: dequant32<DT_Q5_1>(row, c, v); break;
+        case DT_Q8_0: dequant32<DT_Q8_0>(row, c, v); break;
+        case DT_Q4_K: dequant32<DT_Q4_K>(row, c, v); break;
+        case DT_Q5_K: dequant32<DT_Q5_K>(row, c, v); break;
+        default: dequant32<DT_Q6_K>(row, c, v); break;
+    }
+}
+
+// This lane's share of row . x[t] for tn (<= 8) tokens: the same chunks and
+// order as matvec, so a fused product sums exactly as the plain one.
+__device__ __forceinline__ void lane_dots(int dtype, const u8* row, int cols, const float* x, int tn, float* acc) {
+    int lane = threadIdx.x % 32;
+    for (int t = 0; t < TOKENS_PER_PASS; t++) acc[t] = 0.0f;
+    for (int c = lane; c < cols / 32; c += 32) {
+        float v[32];
+        dequant32_any(dtype, row, c, v);
+        for (int t = 0; t < tn; t++) {
+            const float* xt = x + (size_t)t * cols + 32 * c;
+            float s = 0.0f;
+            for (int i = 0; i < 32; i++) s = fmaf(v[i], xt[i], s);
+            acc[t] += s;
+        }
+    }
+}
+
+__device__ __forceinline__ float warp_total(float s) {
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffff, s, o);
+    return s;
+}
+
+#define FUSED_STORE 0
+#define FUSED_ACCUMULATE 1
+#define FUSED_SILU_GATE 2
+
+// Up to three matrices over one input in one launch, one warp per row, with
+// what follows the product done before the store: a bias (q/k/v), a sum into
+// the output (a residual), or silu(gate) * up (the FFN, where a warp takes a
+// row of both). Dtypes may differ between the matrices (Q4_K_M files mix them).
+extern "C" __global__ void matvec_fused(const u8* w0, int rb0, int rows0, int dt0, float* out0, const float* bias0,
+                                        const u8* w1, int rb1, int rows1, int dt1, float* out1, const float* bias1,
+                                        const u8* w2, int rb2, int rows2, int dt2, float* out2, const float* bias2,
+                                        int cols, const float* x, int n, int mode) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    float acc[TOKENS_PER_PASS], up[TOKENS_PER_PASS];
+    if (mode == FUSED_SILU_GATE) {
+        if (warp >= rows0) return;
+        for (int t0 = 0; t0 < n; t0 += TOKENS_PER_PASS) {
+            int tn = min(TOKENS_PER_PASS, n - t0);
+            const float* xs = x + (size_t)t0 * cols;
+            lane_dots(dt0, w0 + (size_t)warp * rb0, cols, xs, tn, acc);
+            lane_dots(dt1, w1 + (size_t)warp * rb1, cols, xs, tn, up);
+            for (int t = 0; t < tn; t++) {
+                float g = warp_total(acc[t]), u = warp_total(up[t]);
+                if (lane == 0) out0[(size_t)(t0 + t) * rows0 + warp] = g / (1.0f + expf(-g)) * u;
+            }
+        }
+        return;
+    }
+    const u8* w = w0;
+    int rb = rb0, rows = rows0, dt = dt0, r = warp;
+    float* out = out0;
+    const float* bias = bias0;
+    if (r >= rows0) {
+        r -= rows0, w = w1, rb = rb1, rows = rows1, dt = dt1, out = out1, bias = bias1;
+        if (r >= rows1) {
+            r -= rows1, w = w2, rb = rb2, rows = rows2, dt = dt2, out = out2, bias = bias2;
+            if (r >= rows2) return;
+        }
+    }
+    for (int t0 = 0; t0 < n; t0 += TOKENS_PER_PASS) {
+        int tn = min(TOKENS_PER_PASS, n - t0);
+        lane_dots(dt, w + (size_t)r * rb, cols, x + (size_t)t0 * cols, tn, acc);
+        for (int t = 0; t < tn; t++) {
+            float s = warp_total(acc[t]);
+            if (lane != 0) continue;
+            float* o = out + (size_t)(t0 + t) * rows + r;
+            if (bias) s += bias[r];
+            *o = mode == FUSED_ACCUMULATE ? *o + s : s;
+        }
+    }
+}
+
 #define TILE_ROWS 64
 #define TILE_TOKENS 64
 
@@ -206,7 +297,32 @@ __device__ void matmul_tiled(const u8* w, int row_bytes, int rows, int cols, con
     }
 }
 
-// Row tokens[i] of the table into row i of out.
+// f32 to bf16, rounding to nearest even (what tensor cores take; f32's range,
+// so no activation overflows as it could in f16).
+__device__ __forceinline__ u16 to_bf16(float f) {
+    u32 b = __float_as_uint(f);
+    return (u16)((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+}
+
+// Rows row0..row0 + n_rows of a weight matrix of dtype T to bf16, one thread per 32 values.
+template <int T>
+__device__ void dequant_bf16(const u8* w, int row_bytes, int cols, int row0, int n_rows, u16* out) {
+    int chunks = cols / 32;
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_rows * chunks) return;
+    int r = (int)(idx / chunks), c = (int)(idx % chunks);
+    float v[32];
+    dequant32<T>(w + (size_t)(row0 + r) * row_bytes, c, v);
+    u16* o = out + (size_t)r * cols + 32 * c;
+    for (int i = 0; i < 32; i++) o[i] = to_bf16(v[i]);
+}
+
+extern "C" __global__ void f32_to_bf16(const float* x, long len, u16* out) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) out[i] = to_bf16(x[i]);
+}
+
+// Row tokens[i] of the table into row i of out (the ids were checked on the host).
 template <int T>
 __device__ void embed(const u8* w, int row_bytes, int cols, const u32* tokens, float* out) {
     const u8* row = w + (size_t)tokens[blockIdx.x] * row_bytes;
@@ -229,6 +345,10 @@ __device__ void embed(const u8* w, int row_bytes, int cols, const u32* tokens, f
     extern "C" __global__ void embed_##NAME(const u8* w, int row_bytes, int cols, const u32* tokens,  \
                                             float* out) {                                             \
         embed<T>(w, row_bytes, cols, tokens, out);                                                    \
+    }                                                                                                 \
+    extern "C" __global__ void dequant_bf16_##NAME(const u8* w, int row_bytes, int cols, int row0,    \
+                                                   int n_rows, u16* out) {                            \
+        dequant_bf16<T>(w, row_bytes, cols, row0, n_rows, out);                                       \
     }
 
 DTYPE_KERNELS(f32, DT_F32)
@@ -265,12 +385,12 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, int width, f
     for (int i = threadIdx.x; i < width; i += blockDim.x) out[(size_t)blockIdx.x * width + i] = row[i] * scale * w[i];
 }
 
-// One block per token of a span: rotates every pair of every head.
+// One block per row: rotates every pair of every head of row r at positions[r].
 // halves != 0: pairs (i, i + d/2); else (2i, 2i + 1).
-extern "C" __global__ void rope(float* x, int first_row, int start_pos, int heads, int head_dim, float base, int halves) {
-    int t = blockIdx.x, half = head_dim / 2;
-    float pos = (float)(start_pos + t);
-    float* token = x + (size_t)(first_row + t) * heads * head_dim;
+extern "C" __global__ void rope(float* x, const u32* positions, int heads, int head_dim, float base, int halves) {
+    int r = blockIdx.x, half = head_dim / 2;
+    float pos = (float)positions[r];
+    float* token = x + (size_t)r * heads * head_dim;
     for (int k = threadIdx.x; k < heads * half; k += blockDim.x) {
         int h = k / half, i = k % half;
         float angle = pos * powf(base, -2.0f * (float)i / (float)head_dim);
@@ -284,42 +404,101 @@ extern "C" __global__ void rope(float* x, int first_row, int start_pos, int head
     }
 }
 
-// One block per (query token, head): causal attention over the cached
-// positions 0..start_pos + t, scores kept in dynamic shared memory.
-extern "C" __global__ void attention(const float* q, const float* keys, const float* values, int first_row,
-                                     int start_pos, int heads, int kv_heads, int head_dim, float* out) {
-    extern __shared__ float scores[];
+// Row first_row + blockIdx.x of src into row positions[that row] of the cache.
+extern "C" __global__ void kv_store(float* cache, const u32* positions, const float* src, int first_row, int width) {
+    int r = first_row + blockIdx.x;
+    float* to = cache + (size_t)positions[r] * width;
+    const float* from = src + (size_t)r * width;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) to[i] = from[i];
+}
+
+#define ATTENTION_THREADS 128
+#define MAX_HEAD_DIM 256
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ float block_max(float v, float* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    float m = scratch[0];
+    for (int i = 1; i < (int)(blockDim.x / 32); i++) m = fmaxf(m, scratch[i]);
+    return m;
+}
+
+// Causal attention, flash-decoding style: block (t, h, s) takes query row
+// first_row + t, head h, and split s of its cached positions 0..positions[row]
+// (the positions cut into `splits` equal chunks), and walks them in tiles of
+// 128 with a running max and sum (online softmax), so no buffer grows with the
+// context. One split writes the output; several write (max, sum, weighted
+// values) to `partial` for attention_combine.
+extern "C" __global__ void attention(const float* q, const float* keys, const float* values, const u32* positions,
+                                     int first_row, int heads, int kv_heads, int head_dim, int splits, float* out,
+                                     float* partial) {
+    __shared__ float qs[MAX_HEAD_DIM];
+    __shared__ float p[ATTENTION_THREADS];
     __shared__ float scratch[32];
-    int t = blockIdx.x, h = blockIdx.y, kvh = h / (heads / kv_heads);
-    int n_kv = start_pos + t + 1, kv_dim = kv_heads * head_dim;
-    const float* qh = q + (size_t)(first_row + t) * heads * head_dim + h * head_dim;
+    int t = blockIdx.x, h = blockIdx.y, s = blockIdx.z, row = first_row + t;
+    int kvh = h / (heads / kv_heads), kv_dim = kv_heads * head_dim;
+    int n_kv = (int)positions[row] + 1, chunk = (n_kv + splits - 1) / splits;
+    int begin = s * chunk, end = min(n_kv, begin + chunk);
     float scale = rsqrtf((float)head_dim);
-    float local_max = __int_as_float(0xff800000);
-    for (int j = threadIdx.x; j < n_kv; j += blockDim.x) {
-        const float* k = keys + (size_t)j * kv_dim + kvh * head_dim;
-        float s = 0.0f;
-        for (int d = 0; d < head_dim; d++) s = fmaf(qh[d], k[d], s);
-        scores[j] = s * scale;
-        local_max = fmaxf(local_max, scores[j]);
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[(size_t)row * heads * head_dim + h * head_dim + d] * scale;
+    __syncthreads();
+    float m = NEG_INF, l = 0.0f, acc[MAX_HEAD_DIM / ATTENTION_THREADS];
+    for (int i = 0; i < MAX_HEAD_DIM / ATTENTION_THREADS; i++) acc[i] = 0.0f;
+    for (int tile = begin; tile < end; tile += ATTENTION_THREADS) {
+        int j = tile + threadIdx.x;
+        float score = NEG_INF;
+        if (j < end) {
+            const float* k = keys + (size_t)j * kv_dim + kvh * head_dim;
+            score = 0.0f;
+            for (int d = 0; d < head_dim; d++) score = fmaf(qs[d], k[d], score);
+        }
+        float m_new = fmaxf(m, block_max(score, scratch));
+        float e = j < end ? expf(score - m_new) : 0.0f;
+        p[threadIdx.x] = e;
+        float correction = expf(m - m_new);
+        l = l * correction + block_sum(e, scratch);
+        __syncthreads();
+        int in_tile = min(ATTENTION_THREADS, end - tile);
+        for (int i = 0, d = threadIdx.x; d < head_dim; i++, d += blockDim.x) {
+            float a = acc[i] * correction;
+            const float* v = values + (size_t)tile * kv_dim + kvh * head_dim + d;
+            for (int jj = 0; jj < in_tile; jj++) a = fmaf(p[jj], v[(size_t)jj * kv_dim], a);
+            acc[i] = a;
+        }
+        m = m_new;
+        __syncthreads();
     }
-    for (int o = 16; o > 0; o >>= 1) local_max = fmaxf(local_max, __shfl_down_sync(0xffffffff, local_max, o));
-    __syncthreads();
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = local_max;
-    __syncthreads();
-    float m = __int_as_float(0xff800000);
-    for (int i = 0; i < (int)(blockDim.x / 32); i++) m = fmaxf(m, scratch[i]);
-    float local_sum = 0.0f;
-    for (int j = threadIdx.x; j < n_kv; j += blockDim.x) {
-        scores[j] = expf(scores[j] - m);
-        local_sum += scores[j];
+    if (splits == 1) {
+        float* o = out + (size_t)row * heads * head_dim + h * head_dim;
+        for (int i = 0, d = threadIdx.x; d < head_dim; i++, d += blockDim.x) o[d] = acc[i] / l;
+        return;
     }
-    float sum = block_sum(local_sum, scratch);
-    __syncthreads();
+    float* part = partial + ((size_t)(t * heads + h) * splits + s) * (head_dim + 2);
+    if (threadIdx.x == 0) {
+        part[0] = m;
+        part[1] = l;
+    }
+    for (int i = 0, d = threadIdx.x; d < head_dim; i++, d += blockDim.x) part[2 + d] = acc[i];
+}
+
+// Merges the splits of attention: block (t, h) rescales each split's sum and
+// weighted values to the largest max among them.
+extern "C" __global__ void attention_combine(const float* partial, int first_row, int heads, int head_dim, int splits,
+                                             float* out) {
+    int t = blockIdx.x, h = blockIdx.y, stride = head_dim + 2;
+    const float* parts = partial + (size_t)(t * heads + h) * splits * stride;
+    float m = NEG_INF;
+    for (int s = 0; s < splits; s++) m = fmaxf(m, parts[s * stride]);
+    float l = 0.0f;
+    for (int s = 0; s < splits; s++) l += parts[s * stride + 1] * expf(parts[s * stride] - m);
     float* o = out + (size_t)(first_row + t) * heads * head_dim + h * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j < n_kv; j++) acc = fmaf(scores[j], values[(size_t)j * kv_dim + kvh * head_dim + d], acc);
-        o[d] = acc / sum;
+        float a = 0.0f;
+        for (int s = 0; s < splits; s++) a = fmaf(parts[s * stride + 2 + d], expf(parts[s * stride] - m), a);
+        o[d] = a / l;
     }
 }
 

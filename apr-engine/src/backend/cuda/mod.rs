@@ -8,13 +8,15 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
 mod compile;
+mod graphs;
+mod tensor_cores;
 
-use super::{AttentionShape, Backend, HostMatrix, RopeStyle, SeqSpan};
+use super::{AttentionShape, Backend, HostMatrix, RopeStyle, StepKey};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -44,13 +46,26 @@ const KERNEL_DTYPES: [(DType, &str); 11] = [
 /// dequantized once for 64 tokens) instead of one warp per row.
 const TILED_FROM_TOKENS: usize = 16;
 
-/// Shared memory the attention kernel may use for one row of scores (the default limit).
-const ATTENTION_SCORES_BYTES: usize = 48 * 1024 - 256;
+/// The largest head the attention kernel holds (its query in shared memory).
+const MAX_HEAD_DIM: usize = 256;
+
+/// A one-token query's cached positions are split over at most this many
+/// blocks per head (flash-decoding), one split per this many positions of
+/// the cache's capacity: fixed per cache, so a recorded decode step stays valid.
+const MAX_ATTENTION_SPLITS: usize = 32;
+const POSITIONS_PER_SPLIT: usize = 256;
 
 pub struct Cuda {
     ctx: Arc<CudaContext>,
+    /// Every operation runs in order on this one stream (not the legacy
+    /// default stream, which cannot be recorded into a graph).
     stream: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
+    /// The split attention's partial results: (max, sum, weighted values) per split.
+    attention_partials: Mutex<CudaSlice<f32>>,
+    steps: graphs::Steps,
+    /// Prompt-sized products on tensor cores, or why not (the tiled kernels serve then).
+    tensor_cores: std::result::Result<tensor_cores::TensorCores, String>,
     /// "NVIDIA H200 (sm_90)".
     pub device: String,
 }
@@ -58,12 +73,15 @@ pub struct Cuda {
 /// A weight matrix on the device, in its file dtype, with the kernels that read it.
 pub struct CudaMatrix {
     bytes: CudaSlice<u8>,
+    /// The GGML type id, as the fused kernel switches on it.
+    dtype: i32,
     rows: usize,
     cols: usize,
     row_bytes: usize,
     matvec: CudaFunction,
     tiled: CudaFunction,
     embed: CudaFunction,
+    dequant_bf16: CudaFunction,
 }
 
 fn device_error(e: impl std::fmt::Display) -> Error {
@@ -121,22 +139,49 @@ impl Cuda {
             return Err(Error::Unsupported(format!("backend cuda: {why}")));
         }
         let ctx = CudaContext::new(0).map_err(device_error)?;
+        // SAFETY: one stream does all the work, in order, so cudarc need not
+        // order streams with events (an event inside a graph recording is not wanted).
+        unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx.compute_capability().map_err(device_error)?;
         let name = ctx.name().map_err(device_error)?;
         let module = ctx.load_module(compile::kernels(arch(major, minor))?).map_err(device_error)?;
-        let mut names: Vec<String> =
-            ["rms_norm", "rope", "attention", "silu_mul", "add", "add_bias", "gather_rows"].map(String::from).into();
+        let mut names: Vec<String> = [
+            "matvec_fused",
+            "f32_to_bf16",
+            "rms_norm",
+            "rope",
+            "kv_store",
+            "attention",
+            "attention_combine",
+            "silu_mul",
+            "add",
+            "add_bias",
+            "gather_rows",
+        ]
+        .map(String::from)
+        .into();
         for (_, suffix) in KERNEL_DTYPES {
             names.push(format!("matvec_{suffix}"));
             names.push(format!("matmul_tiled_{suffix}"));
             names.push(format!("embed_{suffix}"));
+            names.push(format!("dequant_bf16_{suffix}"));
         }
         let functions = names
             .into_iter()
             .map(|name| Ok((name.clone(), module.load_function(&name).map_err(device_error)?)))
             .collect::<Result<HashMap<_, _>>>()?;
         let device = format!("{name} (sm_{major}{minor})");
-        Ok(Cuda { stream: ctx.default_stream(), ctx, functions, device })
+        let stream = ctx.new_stream().map_err(device_error)?;
+        let attention_partials = Mutex::new(stream.alloc_zeros::<f32>(1).map_err(device_error)?);
+        let tensor_cores = tensor_cores::TensorCores::new(&stream);
+        Ok(Cuda { stream, ctx, functions, attention_partials, steps: graphs::Steps::default(), tensor_cores, device })
+    }
+
+    /// This backend with prompt-sized products on the tiled kernels instead
+    /// of tensor cores (to compare the two).
+    pub fn without_tensor_cores(mut self) -> Cuda {
+        self.tensor_cores = Err("turned off".into());
+        self
     }
 
     fn function(&self, name: &str) -> Result<&CudaFunction> {
@@ -152,6 +197,66 @@ impl Cuda {
     }
 }
 
+/// One matrix of a fused product: where its rows go and the bias they get.
+struct Fused<'a> {
+    w: &'a CudaMatrix,
+    out: &'a mut CudaSlice<f32>,
+    bias: Option<&'a CudaSlice<f32>>,
+}
+
+/// What `matvec_fused` does after the products (its `mode` argument).
+#[derive(Clone, Copy)]
+enum FusedMode {
+    Store = 0,
+    Accumulate = 1,
+    SiluGate = 2,
+}
+
+impl Cuda {
+    /// One launch for up to three matrices over `x` (fewer than
+    /// `TILED_FROM_TOKENS` tokens): one warp per row of each, or per row of
+    /// gate and up together for `SiluGate`.
+    fn matvec_fused(
+        &self,
+        mut parts: Vec<Fused<'_>>,
+        x: &CudaSlice<f32>,
+        n_rows: usize,
+        mode: FusedMode,
+    ) -> Result<()> {
+        let cols = parts[0].w.cols;
+        if parts.iter().any(|p| p.w.cols != cols) {
+            return Err(device_error("a fused product's matrices must share their input width"));
+        }
+        let warps = match mode {
+            FusedMode::SiluGate => parts[0].w.rows,
+            _ => parts.iter().map(|p| p.w.rows).sum(),
+        };
+        let (cols, n, mode) = (int(cols)?, int(n_rows)?, mode as i32);
+        let null = 0u64;
+        let zero = 0i32;
+        let shapes: Vec<(i32, i32)> =
+            parts.iter().map(|p| Ok((int(p.w.row_bytes)?, int(p.w.rows)?))).collect::<Result<_>>()?;
+        let mut launch = self.stream.launch_builder(self.function("matvec_fused")?);
+        let unused = 3 - parts.len();
+        for (part, (row_bytes, rows)) in parts.iter_mut().zip(&shapes) {
+            launch.arg(&part.w.bytes).arg(row_bytes).arg(rows).arg(&part.w.dtype).arg(&mut *part.out);
+            match part.bias {
+                Some(bias) => launch.arg(bias),
+                None => launch.arg(&null),
+            };
+        }
+        for _ in 0..unused {
+            launch.arg(&null).arg(&zero).arg(&zero).arg(&zero).arg(&null).arg(&null);
+        }
+        launch.arg(&cols).arg(x).arg(&n).arg(&mode);
+        let config =
+            LaunchConfig { grid_dim: (warps.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: x holds n_rows × cols values; each out n_rows × its rows; a bias its rows.
+        unsafe { launch.launch(config) }.map_err(device_error)?;
+        Ok(())
+    }
+}
+
 /// One thread per value, 256 a block.
 fn elementwise_config(len: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (len.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
@@ -163,6 +268,7 @@ fn rows_config(rows: usize, threads: u32) -> LaunchConfig {
 
 impl Backend for Cuda {
     type Buffer = CudaSlice<f32>;
+    type Indices = CudaSlice<u32>;
     type Matrix = CudaMatrix;
 
     fn name(&self) -> &'static str {
@@ -172,18 +278,25 @@ impl Backend for Cuda {
     /// The device and its memory in use (by this process and any other).
     fn description(&self) -> String {
         let gib = |bytes: usize| bytes as f64 / (1u64 << 30) as f64;
+        let prompts = match &self.tensor_cores {
+            Ok(_) => "prompts on tensor cores".to_string(),
+            Err(why) => format!("prompts on CUDA cores ({why})"),
+        };
         match self.ctx.mem_get_info() {
             Ok((free, total)) => {
-                format!("cuda: {}, {:.2} of {:.1} GiB in use", self.device, gib(total - free), gib(total))
+                format!("cuda: {}, {:.2} of {:.1} GiB in use, {prompts}", self.device, gib(total - free), gib(total))
             }
-            Err(_) => format!("cuda: {}", self.device),
+            Err(_) => format!("cuda: {}, {prompts}", self.device),
         }
     }
 
     fn kernel_name(&self, dtype: DType) -> &'static str {
-        match Cuda::suffix(dtype) {
-            Ok(_) => "cuda: dequant in registers × f32 (warp per row; 64×64 tiles from 16 tokens)",
-            Err(_) => "cuda: unsupported",
+        match (Cuda::suffix(dtype), &self.tensor_cores) {
+            (Err(_), _) => "cuda: unsupported",
+            (Ok(_), Ok(_)) => {
+                "cuda: dequant in registers × f32 (warp per row); from 16 tokens bf16 tiles on tensor cores (cuBLAS)"
+            }
+            (Ok(_), Err(_)) => "cuda: dequant in registers × f32 (warp per row; 64×64 tiles from 16 tokens)",
         }
     }
 
@@ -220,12 +333,14 @@ impl Backend for Cuda {
         let bytes = self.stream.clone_htod(view.bytes).map_err(device_error)?;
         Ok(CudaMatrix {
             bytes,
+            dtype: matrix.dtype as i32,
             rows: view.rows,
             cols: view.cols,
             row_bytes: view.row_bytes(),
             matvec: self.function(&format!("matvec_{suffix}"))?.clone(),
             tiled: self.function(&format!("matmul_tiled_{suffix}"))?.clone(),
             embed: self.function(&format!("embed_{suffix}"))?.clone(),
+            dequant_bf16: self.function(&format!("dequant_bf16_{suffix}"))?.clone(),
         })
     }
 
@@ -233,16 +348,27 @@ impl Backend for Cuda {
         self.stream.synchronize().map_err(device_error)
     }
 
-    fn embed(&self, table: &CudaMatrix, tokens: &[u32], out: &mut CudaSlice<f32>) -> Result<()> {
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= table.rows) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary ({})", table.rows)));
+    fn alloc_indices(&self, len: usize) -> Result<CudaSlice<u32>> {
+        self.stream.alloc_zeros::<u32>(len.max(1)).map_err(device_error)
+    }
+
+    fn write_indices(&self, indices: &mut CudaSlice<u32>, values: &[u32]) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
         }
-        let ids = self.stream.clone_htod(tokens).map_err(device_error)?;
+        self.stream.memcpy_htod(values, &mut indices.slice_mut(0..values.len())).map_err(device_error)
+    }
+
+    fn run_step(&self, key: Option<&StepKey>, work: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        self.steps.run(&self.stream, key, work)
+    }
+
+    fn embed(&self, table: &CudaMatrix, tokens: &CudaSlice<u32>, n: usize, out: &mut CudaSlice<f32>) -> Result<()> {
         let (row_bytes, cols) = (int(table.row_bytes)?, int(table.cols)?);
         let mut launch = self.stream.launch_builder(&table.embed);
-        launch.arg(&table.bytes).arg(&row_bytes).arg(&cols).arg(&ids).arg(out);
-        // SAFETY: the kernel reads `tokens.len()` ids below `rows` and writes that many rows of `cols`.
-        unsafe { launch.launch(rows_config(tokens.len(), 128)) }.map_err(device_error)?;
+        launch.arg(&table.bytes).arg(&row_bytes).arg(&cols).arg(tokens).arg(out);
+        // SAFETY: the kernel reads `n` ids, checked below `rows` by the forward pass, and writes n rows of `cols`.
+        unsafe { launch.launch(rows_config(n, 128)) }.map_err(device_error)?;
         Ok(())
     }
 
@@ -253,6 +379,9 @@ impl Backend for Cuda {
         n_rows: usize,
         outs: &mut [&mut CudaSlice<f32>],
     ) -> Result<()> {
+        if let (true, Ok(tensor_cores)) = (n_rows >= TILED_FROM_TOKENS, &self.tensor_cores) {
+            return tensor_cores.matmul(&self.stream, self.function("f32_to_bf16")?, ws, x, n_rows, outs);
+        }
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             let tiled = n_rows >= TILED_FROM_TOKENS;
             let (row_bytes, rows, cols, n) = (int(w.row_bytes)?, int(w.rows)?, int(w.cols)?, int(n_rows)?);
@@ -269,6 +398,67 @@ impl Backend for Cuda {
             unsafe { launch.launch(config) }.map_err(device_error)?;
         }
         Ok(())
+    }
+
+    fn matmul_bias(
+        &self,
+        ws: &[&CudaMatrix],
+        biases: &[Option<&CudaSlice<f32>>],
+        widths: &[usize],
+        x: &CudaSlice<f32>,
+        n_rows: usize,
+        outs: &mut [&mut CudaSlice<f32>],
+    ) -> Result<()> {
+        if n_rows >= TILED_FROM_TOKENS || ws.len() > 3 {
+            self.matmul(ws, x, n_rows, outs)?;
+            for ((out, bias), &width) in outs.iter_mut().zip(biases).zip(widths) {
+                if let Some(bias) = bias {
+                    self.add_bias(out, bias, width, n_rows)?;
+                }
+            }
+            return Ok(());
+        }
+        let parts: Vec<Fused> = ws
+            .iter()
+            .zip(outs.iter_mut())
+            .zip(biases)
+            .map(|((w, out), bias)| Fused { w, out: &mut **out, bias: *bias })
+            .collect();
+        self.matvec_fused(parts, x, n_rows, FusedMode::Store)
+    }
+
+    fn matmul_add(
+        &self,
+        w: &CudaMatrix,
+        x: &CudaSlice<f32>,
+        n_rows: usize,
+        width: usize,
+        scratch: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if n_rows >= TILED_FROM_TOKENS {
+            self.matmul(&[w], x, n_rows, &mut [&mut *scratch])?;
+            return self.add(out, scratch, n_rows * width);
+        }
+        self.matvec_fused(vec![Fused { w, out, bias: None }], x, n_rows, FusedMode::Accumulate)
+    }
+
+    fn matmul_silu_gate(
+        &self,
+        gate: &CudaMatrix,
+        up: &CudaMatrix,
+        x: &CudaSlice<f32>,
+        n_rows: usize,
+        width: usize,
+        gate_out: &mut CudaSlice<f32>,
+        up_out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if n_rows >= TILED_FROM_TOKENS || gate.rows != up.rows {
+            self.matmul(&[gate, up], x, n_rows, &mut [&mut *gate_out, &mut *up_out])?;
+            return self.silu_mul(gate_out, up_out, n_rows * width);
+        }
+        let parts = vec![Fused { w: gate, out: gate_out, bias: None }, Fused { w: up, out: up_out, bias: None }];
+        self.matvec_fused(parts, x, n_rows, FusedMode::SiluGate)
     }
 
     fn add_bias(&self, x: &mut CudaSlice<f32>, bias: &CudaSlice<f32>, bias_len: usize, n_rows: usize) -> Result<()> {
@@ -301,7 +491,8 @@ impl Backend for Cuda {
     fn rope(
         &self,
         x: &mut CudaSlice<f32>,
-        spans: &[SeqSpan],
+        positions: &CudaSlice<u32>,
+        n_rows: usize,
         heads: usize,
         head_dim: usize,
         base: f32,
@@ -309,28 +500,28 @@ impl Backend for Cuda {
     ) -> Result<()> {
         let halves = i32::from(style == RopeStyle::Halves);
         let (heads, head_dim) = (int(heads)?, int(head_dim)?);
-        for span in spans {
-            let (first_row, start_pos) = (int(span.first_row)?, int(span.start_pos)?);
-            let mut launch = self.stream.launch_builder(self.function("rope")?);
-            launch.arg(&mut *x).arg(&first_row).arg(&start_pos).arg(&heads).arg(&head_dim).arg(&base).arg(&halves);
-            // SAFETY: the span's rows are inside x.
-            unsafe { launch.launch(rows_config(span.n_tokens, 128)) }.map_err(device_error)?;
-        }
+        let mut launch = self.stream.launch_builder(self.function("rope")?);
+        launch.arg(x).arg(positions).arg(&heads).arg(&head_dim).arg(&base).arg(&halves);
+        // SAFETY: x holds n_rows rows of heads × head_dim; positions n_rows values.
+        unsafe { launch.launch(rows_config(n_rows, 128)) }.map_err(device_error)?;
         Ok(())
     }
 
     fn kv_store(
         &self,
         cache: &mut CudaSlice<f32>,
-        position: usize,
+        positions: &CudaSlice<u32>,
         src: &CudaSlice<f32>,
         first_row: usize,
         n: usize,
         width: usize,
     ) -> Result<()> {
-        let from = src.slice(first_row * width..(first_row + n) * width);
-        let mut to = cache.slice_mut(position * width..(position + n) * width);
-        self.stream.memcpy_dtod(&from, &mut to).map_err(device_error)
+        let (first, w) = (int(first_row)?, int(width)?);
+        let mut launch = self.stream.launch_builder(self.function("kv_store")?);
+        launch.arg(cache).arg(positions).arg(src).arg(&first).arg(&w);
+        // SAFETY: src holds the n rows from first_row; each position is below the cache's capacity (checked by the forward pass).
+        unsafe { launch.launch(rows_config(n, 256)) }.map_err(device_error)?;
+        Ok(())
     }
 
     fn zero(&self, buffer: &mut CudaSlice<f32>, start: usize, len: usize) -> Result<()> {
@@ -345,29 +536,49 @@ impl Backend for Cuda {
         q: &CudaSlice<f32>,
         keys: &CudaSlice<f32>,
         values: &CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
         s: AttentionShape,
         first_row: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let positions = s.start_pos + s.n_tokens;
-        let scores = positions * std::mem::size_of::<f32>();
-        if scores > ATTENTION_SCORES_BYTES {
-            return Err(device_error(format!(
-                "attention over {positions} positions: this kernel holds at most {} (a split over the KV length is to come)",
-                ATTENTION_SCORES_BYTES / 4
+        if s.head_dim > MAX_HEAD_DIM || s.heads % s.kv_heads != 0 {
+            return Err(Error::Unsupported(format!(
+                "backend cuda: attention with head size {} and {} heads over {} KV heads (at most {MAX_HEAD_DIM}, a multiple)",
+                s.head_dim, s.heads, s.kv_heads
             )));
         }
-        let (row, start, heads, kv_heads, dim) =
-            (int(first_row)?, int(s.start_pos)?, int(s.heads)?, int(s.kv_heads)?, int(s.head_dim)?);
+        let kv_dim = s.kv_heads * s.head_dim;
+        let splits = attention_splits(s.n_tokens, keys.len() / kv_dim);
+        let (row, heads, kv_heads, dim, n_splits) =
+            (int(first_row)?, int(s.heads)?, int(s.kv_heads)?, int(s.head_dim)?, int(splits)?);
+        let mut partials = self.attention_partials.lock().unwrap_or_else(|p| p.into_inner());
+        // Sized for the most splits at once, so it is allocated once per model
+        // (a reallocation would leave recorded steps pointing at freed memory).
+        let needed = s.heads * MAX_ATTENTION_SPLITS * (s.head_dim + 2);
+        if splits > 1 && partials.len() < needed {
+            self.steps.check_not_recording("the attention's partial results")?;
+            self.steps.forget_all();
+            *partials = self.stream.alloc_zeros::<f32>(needed).map_err(device_error)?;
+        }
         let mut launch = self.stream.launch_builder(self.function("attention")?);
-        launch.arg(q).arg(keys).arg(values).arg(&row).arg(&start).arg(&heads).arg(&kv_heads).arg(&dim).arg(out);
-        let config = LaunchConfig {
-            grid_dim: (s.n_tokens as u32, s.heads as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: scores as u32,
-        };
-        // SAFETY: q/out hold the span's rows; keys/values hold `positions` rows of kv_heads × head_dim.
+        launch.arg(q).arg(keys).arg(values).arg(positions).arg(&row).arg(&heads).arg(&kv_heads).arg(&dim);
+        launch.arg(&n_splits).arg(&mut *out).arg(&mut *partials);
+        let grid = (s.n_tokens as u32, s.heads as u32, splits as u32);
+        let config = LaunchConfig { grid_dim: grid, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: q/out hold the span's rows; keys/values the cache up to each row's position;
+        // partials the splits' results when there are several.
         unsafe { launch.launch(config) }.map_err(device_error)?;
+        if splits > 1 {
+            let mut launch = self.stream.launch_builder(self.function("attention_combine")?);
+            launch.arg(&*partials).arg(&row).arg(&heads).arg(&dim).arg(&n_splits).arg(out);
+            let config = LaunchConfig {
+                grid_dim: (s.n_tokens as u32, s.heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: as above.
+            unsafe { launch.launch(config) }.map_err(device_error)?;
+        }
         Ok(())
     }
 
@@ -391,14 +602,30 @@ impl Backend for Cuda {
         Ok(())
     }
 
-    fn gather_rows(&self, x: &CudaSlice<f32>, rows: &[usize], width: usize, out: &mut CudaSlice<f32>) -> Result<()> {
-        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let ids = self.stream.clone_htod(&ids).map_err(device_error)?;
+    fn gather_rows(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: &CudaSlice<u32>,
+        n: usize,
+        width: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let w = int(width)?;
         let mut launch = self.stream.launch_builder(self.function("gather_rows")?);
-        launch.arg(x).arg(&ids).arg(&w).arg(out);
-        // SAFETY: every row index is inside x; out holds rows.len() rows.
-        unsafe { launch.launch(rows_config(rows.len(), 256)) }.map_err(device_error)?;
+        launch.arg(x).arg(rows).arg(&w).arg(out);
+        // SAFETY: every row index is inside x; out holds n rows.
+        unsafe { launch.launch(rows_config(n, 256)) }.map_err(device_error)?;
         Ok(())
     }
+}
+
+/// How many blocks share one query's positions: one for a prompt (its many
+/// queries fill the device), for a single query one per `POSITIONS_PER_SPLIT`
+/// positions of the cache's capacity (not of its length, so a step's launch
+/// shape does not change as the cache fills).
+fn attention_splits(n_tokens: usize, capacity: usize) -> usize {
+    if n_tokens > 1 {
+        return 1;
+    }
+    capacity.div_ceil(POSITIONS_PER_SPLIT).clamp(1, MAX_ATTENTION_SPLITS)
 }
