@@ -13,6 +13,7 @@ pub mod reference;
 mod weight;
 
 use std::borrow::Cow;
+use std::time::{Duration, Instant};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -92,9 +93,17 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Prepares a weight once, at load (a device backend uploads it in its file dtype).
     fn prepare(&self, matrix: &HostMatrix) -> Result<Self::Matrix>;
-    /// Waits until every operation issued so far has finished (for timing).
+    /// Waits until every operation issued so far has finished.
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+    /// How long the work `work` issues takes: by default the host's clock
+    /// around it and a [`Backend::synchronize`]; a device times it on itself.
+    fn time(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Duration> {
+        let started = Instant::now();
+        work()?;
+        self.synchronize()?;
+        Ok(started.elapsed())
     }
     /// A buffer of `len` indices (zero).
     fn alloc_indices(&self, len: usize) -> Result<Self::Indices>;

@@ -5,7 +5,6 @@
 
 use std::borrow::Cow;
 use std::sync::TryLockError;
-use std::time::Instant;
 
 use super::engine::Engine;
 use super::observer::{Boundary, Observer, Op};
@@ -255,11 +254,14 @@ impl<B: Backend> Engine<B> {
         if !observer.wants_timing() {
             return f();
         }
-        let started = Instant::now();
-        let result = f()?;
-        self.backend.synchronize()?;
-        observer.timed(layer, op, started.elapsed());
-        Ok(result)
+        let mut f = Some(f);
+        let mut result = None;
+        let elapsed = self.backend.time(&mut || {
+            result = Some(f.take().expect("timed work runs once")()?);
+            Ok(())
+        })?;
+        observer.timed(layer, op, elapsed);
+        Ok(result.expect("timed work ran"))
     }
 
     /// Tells `observer` a boundary was reached, reading the values back only

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::backend::{AttentionShape, Backend, HostMatrix, RopeStyle, StepKey};
 use crate::dtype::DType;
@@ -78,6 +79,12 @@ impl<B: Backend> Backend for BrokenOp<B> {
     }
     fn prepare(&self, matrix: &HostMatrix) -> Result<B::Matrix> {
         self.inner.prepare(matrix)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+    fn time(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Duration> {
+        self.inner.time(work)
     }
 
     fn alloc_indices(&self, len: usize) -> Result<B::Indices> {

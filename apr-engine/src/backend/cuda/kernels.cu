@@ -124,121 +124,184 @@ __device__ __forceinline__ void dequant32(const u8* row, int c, float* v) {
 }
 
 #define TOKENS_PER_PASS 8
+// A block of ROW_THREADS threads takes one row; four threads share each chunk
+// of 32 weights, 8 weights each, so the block's loads of a row are contiguous.
+#define ROW_THREADS 128
+#define SLICES 4
 
-// out[t * rows + r] = W[r] . x[t] for n tokens: one warp per row, each lane
-// dequantizing every 32nd chunk of the row once per pass of 8 tokens.
+__device__ __forceinline__ float f16_bits(u16 bits) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
+    return f;
+}
+
+// Weights 8 * part .. 8 * part + 8 of chunk `c` (elements 32c..32c+32) of a row in dtype T.
 template <int T>
-__device__ void matvec(const u8* w, int row_bytes, int rows, int cols, const float* x, int n, float* out) {
-    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
-    if (warp >= rows) return;
-    const u8* row = w + (size_t)warp * row_bytes;
-    int chunks = cols / 32;
-    for (int t0 = 0; t0 < n; t0 += TOKENS_PER_PASS) {
-        int tn = min(TOKENS_PER_PASS, n - t0);
-        float acc[TOKENS_PER_PASS];
-        for (int t = 0; t < TOKENS_PER_PASS; t++) acc[t] = 0.0f;
-        for (int c = lane; c < chunks; c += 32) {
-            float v[32];
-            dequant32<T>(row, c, v);
-            for (int t = 0; t < tn; t++) {
-                const float* xt = x + (size_t)(t0 + t) * cols + 32 * c;
-                float s = 0.0f;
-                for (int i = 0; i < 32; i++) s = fmaf(v[i], xt[i], s);
-                acc[t] += s;
-            }
+__device__ __forceinline__ void dequant8(const u8* row, int c, int part, float* v) {
+    int e0 = 8 * part;
+    if (T == DT_F32) {
+        const float* p = (const float*)row + 32 * c + e0;
+        for (int i = 0; i < 8; i++) v[i] = p[i];
+    } else if (T == DT_F16 || T == DT_BF16) {
+        const u16* p = (const u16*)row + 32 * c + e0;
+        for (int i = 0; i < 8; i++) v[i] = T == DT_F16 ? f16_bits(p[i]) : __uint_as_float((u32)p[i] << 16);
+    } else if (T == DT_Q4_0 || T == DT_Q4_1) {
+        const u8* b = row + (T == DT_Q4_0 ? 18 : 20) * c;
+        const u8* qs = b + (T == DT_Q4_0 ? 2 : 4) + (e0 & 15);
+        float d = f16_at(b), m = T == DT_Q4_1 ? f16_at(b + 2) : 0.0f;
+        int shift = e0 < 16 ? 0 : 4;
+        for (int i = 0; i < 8; i++) {
+            int q = (qs[i] >> shift) & 0x0f;
+            v[i] = T == DT_Q4_0 ? d * (float)(q - 8) : d * (float)q + m;
         }
-        for (int t = 0; t < tn; t++) {
-            float s = acc[t];
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffff, s, o);
-            if (lane == 0) out[(size_t)(t0 + t) * rows + warp] = s;
+    } else if (T == DT_Q5_0 || T == DT_Q5_1) {
+        const u8* b = row + (T == DT_Q5_0 ? 22 : 24) * c;
+        const u8* hq = b + (T == DT_Q5_0 ? 2 : 4);
+        const u8* qs = hq + 4 + (e0 & 15);
+        float d = f16_at(b), m = T == DT_Q5_1 ? f16_at(b + 2) : 0.0f;
+        u32 qh = u32_at(hq);
+        int shift = e0 < 16 ? 0 : 4;
+        for (int i = 0; i < 8; i++) {
+            int q = ((qs[i] >> shift) & 0x0f) | (((qh >> (e0 + i)) & 1) << 4);
+            v[i] = T == DT_Q5_0 ? d * (float)(q - 16) : d * (float)q + m;
+        }
+    } else if (T == DT_Q8_0) {
+        const u8* b = row + 34 * c;
+        float d = f16_at(b);
+        for (int i = 0; i < 8; i++) v[i] = d * (float)(signed char)b[2 + e0 + i];
+    } else if (T == DT_Q4_K || T == DT_Q5_K) {
+        const int bytes = T == DT_Q4_K ? 144 : 176;
+        const u8* b = row + bytes * (c / 8);
+        int sub = c % 8, chunk = sub / 2, half = sub % 2;
+        float sc, m;
+        k4_scale_min(b + 4, sub, &sc, &m);
+        float dl = f16_at(b) * sc, ml = f16_at(b + 2) * m;
+        const u8* qs = b + (T == DT_Q4_K ? 16 : 48) + 32 * chunk + e0;
+        for (int i = 0; i < 8; i++) {
+            int q = (qs[i] >> (4 * half)) & 0x0f;
+            if (T == DT_Q5_K) q |= ((b[16 + e0 + i] >> sub) & 1) << 4;
+            v[i] = dl * (float)q - ml;
+        }
+    } else if (T == DT_Q6_K) {
+        const u8* b = row + 210 * (c / 8);
+        float d = f16_at(b + 208);
+        int first = 32 * (c % 8) + e0, half = first / 128;
+        for (int i = 0; i < 8; i++) {
+            int w = (first + i) % 128;
+            int low = (b[64 * half + w % 64] >> (4 * (w / 64))) & 0x0f;
+            int high = (b[128 + 32 * half + w % 32] >> (2 * (w / 32))) & 3;
+            float dl = d * (float)(signed char)b[192 + (first + i) / 16];
+            v[i] = dl * (float)((low | (high << 4)) - 32);
         }
     }
 }
 
-// dequant32 for a dtype known at run time (the same for a whole warp, so the branch does not diverge).
-__device__ __forceinline__ void dequant32_any(int dtype, const u8* row, int c, float* v) {
-    switch (dtype) {
-        case DT_F32: dequant32<DT_F32>(row, c, v); break;
-        case DT_F16: dequant32<DT_F16>(row, c, v); break;
-        case DT_BF16: dequant32<DT_BF16>(row, c, v); break;
-        case DT_Q4_0: dequant32<DT_Q4_0>(row, c, v); break;
-        case DT_Q4_1: dequant32<DT_Q4_1>(row, c, v); break;
-        case DT_Q5_0: dequant32<DT_Q5_0>(row, c, v); break;
-        case DT_Q5_1: dequant32<DT_Q5_1>(row, c, v); break;
-        case DT_Q8_0: dequant32<DT_Q8_0>(row, c, v); break;
-        case DT_Q4_K: dequant32<DT_Q4_K>(row, c, v); break;
-        case DT_Q5_K: dequant32<DT_Q5_K>(row, c, v); break;
-        default: dequant32<DT_Q6_K>(row, c, v); break;
-    }
-}
-
-// This lane's share of row . x[t] for tn (<= 8) tokens: the same chunks and
-// order as matvec, so a fused product sums exactly as the plain one.
-__device__ __forceinline__ void lane_dots(int dtype, const u8* row, int cols, const float* x, int tn, float* acc) {
-    int lane = threadIdx.x % 32;
+// This thread's share of row . x[t] for tn (<= 8) tokens.
+template <int T>
+__device__ __forceinline__ void thread_dots(const u8* row, int cols, const float* x, int tn, float* acc) {
     for (int t = 0; t < TOKENS_PER_PASS; t++) acc[t] = 0.0f;
-    for (int c = lane; c < cols / 32; c += 32) {
-        float v[32];
-        dequant32_any(dtype, row, c, v);
+    int part = threadIdx.x % SLICES;
+    for (int c = threadIdx.x / SLICES; c < cols / 32; c += ROW_THREADS / SLICES) {
+        float v[8];
+        dequant8<T>(row, c, part, v);
         for (int t = 0; t < tn; t++) {
-            const float* xt = x + (size_t)t * cols + 32 * c;
+            const float* xt = x + (size_t)t * cols + 32 * c + 8 * part;
             float s = 0.0f;
-            for (int i = 0; i < 32; i++) s = fmaf(v[i], xt[i], s);
+            for (int i = 0; i < 8; i++) s = fmaf(v[i], xt[i], s);
             acc[t] += s;
         }
     }
 }
 
-__device__ __forceinline__ float warp_total(float s) {
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffff, s, o);
-    return s;
+// thread_dots for a dtype known at run time (the same for the whole block, so the branch does not diverge).
+__device__ __forceinline__ void thread_dots_any(int dtype, const u8* row, int cols, const float* x, int tn, float* acc) {
+    switch (dtype) {
+        case DT_F32: thread_dots<DT_F32>(row, cols, x, tn, acc); break;
+        case DT_F16: thread_dots<DT_F16>(row, cols, x, tn, acc); break;
+        case DT_BF16: thread_dots<DT_BF16>(row, cols, x, tn, acc); break;
+        case DT_Q4_0: thread_dots<DT_Q4_0>(row, cols, x, tn, acc); break;
+        case DT_Q4_1: thread_dots<DT_Q4_1>(row, cols, x, tn, acc); break;
+        case DT_Q5_0: thread_dots<DT_Q5_0>(row, cols, x, tn, acc); break;
+        case DT_Q5_1: thread_dots<DT_Q5_1>(row, cols, x, tn, acc); break;
+        case DT_Q8_0: thread_dots<DT_Q8_0>(row, cols, x, tn, acc); break;
+        case DT_Q4_K: thread_dots<DT_Q4_K>(row, cols, x, tn, acc); break;
+        case DT_Q5_K: thread_dots<DT_Q5_K>(row, cols, x, tn, acc); break;
+        default: thread_dots<DT_Q6_K>(row, cols, x, tn, acc); break;
+    }
+}
+
+// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024), on every thread.
+__device__ float block_sum(float v, float* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x / 32); i++) total += scratch[i];
+    return total;
+}
+
+// out[t * rows + r] = W[r] . x[t] for n tokens: one block per row.
+template <int T>
+__device__ void matvec(const u8* w, int row_bytes, int rows, int cols, const float* x, int n, float* out) {
+    __shared__ float scratch[32];
+    int r = blockIdx.x;
+    const u8* row = w + (size_t)r * row_bytes;
+    for (int t0 = 0; t0 < n; t0 += TOKENS_PER_PASS) {
+        int tn = min(TOKENS_PER_PASS, n - t0);
+        float acc[TOKENS_PER_PASS];
+        thread_dots<T>(row, cols, x + (size_t)t0 * cols, tn, acc);
+        for (int t = 0; t < tn; t++) {
+            float s = block_sum(acc[t], scratch);
+            if (threadIdx.x == 0) out[(size_t)(t0 + t) * rows + r] = s;
+        }
+    }
 }
 
 #define FUSED_STORE 0
 #define FUSED_ACCUMULATE 1
 #define FUSED_SILU_GATE 2
 
-// Up to three matrices over one input in one launch, one warp per row, with
+// Up to three matrices over one input in one launch, one block per row, with
 // what follows the product done before the store: a bias (q/k/v), a sum into
-// the output (a residual), or silu(gate) * up (the FFN, where a warp takes a
+// the output (a residual), or silu(gate) * up (the FFN, where a block takes a
 // row of both). Dtypes may differ between the matrices (Q4_K_M files mix them).
+// Sums in the same order as matvec, so fused and plain results are equal.
 extern "C" __global__ void matvec_fused(const u8* w0, int rb0, int rows0, int dt0, float* out0, const float* bias0,
                                         const u8* w1, int rb1, int rows1, int dt1, float* out1, const float* bias1,
                                         const u8* w2, int rb2, int rows2, int dt2, float* out2, const float* bias2,
                                         int cols, const float* x, int n, int mode) {
-    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    __shared__ float scratch[32];
     float acc[TOKENS_PER_PASS], up[TOKENS_PER_PASS];
+    int r = blockIdx.x;
     if (mode == FUSED_SILU_GATE) {
-        if (warp >= rows0) return;
         for (int t0 = 0; t0 < n; t0 += TOKENS_PER_PASS) {
             int tn = min(TOKENS_PER_PASS, n - t0);
             const float* xs = x + (size_t)t0 * cols;
-            lane_dots(dt0, w0 + (size_t)warp * rb0, cols, xs, tn, acc);
-            lane_dots(dt1, w1 + (size_t)warp * rb1, cols, xs, tn, up);
+            thread_dots_any(dt0, w0 + (size_t)r * rb0, cols, xs, tn, acc);
+            thread_dots_any(dt1, w1 + (size_t)r * rb1, cols, xs, tn, up);
             for (int t = 0; t < tn; t++) {
-                float g = warp_total(acc[t]), u = warp_total(up[t]);
-                if (lane == 0) out0[(size_t)(t0 + t) * rows0 + warp] = g / (1.0f + expf(-g)) * u;
+                float g = block_sum(acc[t], scratch), u = block_sum(up[t], scratch);
+                if (threadIdx.x == 0) out0[(size_t)(t0 + t) * rows0 + r] = g / (1.0f + expf(-g)) * u;
             }
         }
         return;
     }
     const u8* w = w0;
-    int rb = rb0, rows = rows0, dt = dt0, r = warp;
+    int rb = rb0, rows = rows0, dt = dt0;
     float* out = out0;
     const float* bias = bias0;
     if (r >= rows0) {
         r -= rows0, w = w1, rb = rb1, rows = rows1, dt = dt1, out = out1, bias = bias1;
-        if (r >= rows1) {
-            r -= rows1, w = w2, rb = rb2, rows = rows2, dt = dt2, out = out2, bias = bias2;
-            if (r >= rows2) return;
-        }
+        if (r >= rows1) r -= rows1, w = w2, rb = rb2, rows = rows2, dt = dt2, out = out2, bias = bias2;
     }
     for (int t0 = 0; t0 < n; t0 += TOKENS_PER_PASS) {
         int tn = min(TOKENS_PER_PASS, n - t0);
-        lane_dots(dt, w + (size_t)r * rb, cols, x + (size_t)t0 * cols, tn, acc);
+        thread_dots_any(dt, w + (size_t)r * rb, cols, x + (size_t)t0 * cols, tn, acc);
         for (int t = 0; t < tn; t++) {
-            float s = warp_total(acc[t]);
-            if (lane != 0) continue;
+            float s = block_sum(acc[t], scratch);
+            if (threadIdx.x != 0) continue;
             float* o = out + (size_t)(t0 + t) * rows + r;
             if (bias) s += bias[r];
             *o = mode == FUSED_ACCUMULATE ? *o + s : s;
@@ -362,18 +425,6 @@ DTYPE_KERNELS(q8_0, DT_Q8_0)
 DTYPE_KERNELS(q4_k, DT_Q4_K)
 DTYPE_KERNELS(q5_k, DT_Q5_K)
 DTYPE_KERNELS(q6_k, DT_Q6_K)
-
-// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024).
-__device__ float block_sum(float v, float* scratch) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffff, v, o);
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float total = 0.0f;
-    for (int i = 0; i < (int)(blockDim.x / 32); i++) total += scratch[i];
-    return total;
-}
 
 // One block per row: out = x / sqrt(mean(x^2) + eps) * w.
 extern "C" __global__ void rms_norm(const float* x, const float* w, int width, float eps, float* out) {

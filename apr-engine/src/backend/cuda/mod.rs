@@ -42,8 +42,11 @@ const KERNEL_DTYPES: [(DType, &str); 11] = [
     (DType::Q6_K, "q6_k"),
 ];
 
+/// Threads of a block of the one-row matrix kernels (`ROW_THREADS` in kernels.cu).
+const MATVEC_THREADS: u32 = 128;
+
 /// Tokens from which a matrix product runs as tiles (each weight chunk
-/// dequantized once for 64 tokens) instead of one warp per row.
+/// dequantized once for 64 tokens) instead of one block per row.
 const TILED_FROM_TOKENS: usize = 16;
 
 /// The largest head the attention kernel holds (its query in shared memory).
@@ -214,7 +217,7 @@ enum FusedMode {
 
 impl Cuda {
     /// One launch for up to three matrices over `x` (fewer than
-    /// `TILED_FROM_TOKENS` tokens): one warp per row of each, or per row of
+    /// `TILED_FROM_TOKENS` tokens): one block per row of each, or per row of
     /// gate and up together for `SiluGate`.
     fn matvec_fused(
         &self,
@@ -227,7 +230,7 @@ impl Cuda {
         if parts.iter().any(|p| p.w.cols != cols) {
             return Err(device_error("a fused product's matrices must share their input width"));
         }
-        let warps = match mode {
+        let blocks: usize = match mode {
             FusedMode::SiluGate => parts[0].w.rows,
             _ => parts.iter().map(|p| p.w.rows).sum(),
         };
@@ -249,8 +252,7 @@ impl Cuda {
             launch.arg(&null).arg(&zero).arg(&zero).arg(&zero).arg(&null).arg(&null);
         }
         launch.arg(&cols).arg(x).arg(&n).arg(&mode);
-        let config =
-            LaunchConfig { grid_dim: (warps.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let config = rows_config(blocks, MATVEC_THREADS);
         // SAFETY: x holds n_rows × cols values; each out n_rows × its rows; a bias its rows.
         unsafe { launch.launch(config) }.map_err(device_error)?;
         Ok(())
@@ -294,9 +296,9 @@ impl Backend for Cuda {
         match (Cuda::suffix(dtype), &self.tensor_cores) {
             (Err(_), _) => "cuda: unsupported",
             (Ok(_), Ok(_)) => {
-                "cuda: dequant in registers × f32 (warp per row); from 16 tokens bf16 tiles on tensor cores (cuBLAS)"
+                "cuda: dequant in registers × f32 (block per row); from 16 tokens bf16 tiles on tensor cores (cuBLAS)"
             }
-            (Ok(_), Err(_)) => "cuda: dequant in registers × f32 (warp per row; 64×64 tiles from 16 tokens)",
+            (Ok(_), Err(_)) => "cuda: dequant in registers × f32 (block per row; 64×64 tiles from 16 tokens)",
         }
     }
 
@@ -348,6 +350,19 @@ impl Backend for Cuda {
         self.stream.synchronize().map_err(device_error)
     }
 
+    /// The device's own clock: events recorded on the stream around the work.
+    fn time(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<std::time::Duration> {
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.ctx.new_event(timing).map_err(device_error)?;
+        let end = self.ctx.new_event(timing).map_err(device_error)?;
+        start.record(&self.stream).map_err(device_error)?;
+        work()?;
+        end.record(&self.stream).map_err(device_error)?;
+        end.synchronize().map_err(device_error)?;
+        let ms = start.elapsed_ms(&end).map_err(device_error)?;
+        Ok(std::time::Duration::from_secs_f64(f64::from(ms) / 1e3))
+    }
+
     fn alloc_indices(&self, len: usize) -> Result<CudaSlice<u32>> {
         self.stream.alloc_zeros::<u32>(len.max(1)).map_err(device_error)
     }
@@ -387,13 +402,13 @@ impl Backend for Cuda {
             let (row_bytes, rows, cols, n) = (int(w.row_bytes)?, int(w.rows)?, int(w.cols)?, int(n_rows)?);
             let mut launch = self.stream.launch_builder(if tiled { &w.tiled } else { &w.matvec });
             launch.arg(&w.bytes).arg(&row_bytes).arg(&rows).arg(&cols).arg(x).arg(&n).arg(&mut **out);
-            // Tiles of 64 rows × 64 tokens; else eight warps a block, one row each.
-            let grid = if tiled {
-                (w.rows.div_ceil(64) as u32, n_rows.div_ceil(64) as u32, 1)
+            // Tiles of 64 rows × 64 tokens; else a block per row.
+            let config = if tiled {
+                let grid = (w.rows.div_ceil(64) as u32, n_rows.div_ceil(64) as u32, 1);
+                LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 0 }
             } else {
-                (w.rows.div_ceil(8) as u32, 1, 1)
+                rows_config(w.rows, MATVEC_THREADS)
             };
-            let config = LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: x holds n_rows × cols values and out n_rows × rows.
             unsafe { launch.launch(config) }.map_err(device_error)?;
         }
