@@ -101,9 +101,12 @@ fn cuda_passes_isolated_against_the_exact_backend_or_is_an_error_naming_why() {
             None => {
                 let report = outcome.unwrap();
                 assert_eq!((report.mode, report.candidate_backend.as_str()), (Mode::Isolated, "cuda"));
-                // f32 dots over the same dequantized weights: far inside the bounds.
+                // Every operation within its bound. The prompt's products run on
+                // tensor cores with weights and inputs rounded to bf16 (measured:
+                // the 0.5B's logits move by at most 0.07); decode steps are f32
+                // dots. Far inside the CPU's own fast path's distance from llama.cpp (0.36).
                 assert!(
-                    matches!(report.verdict, Verdict::NumericallyEquivalent { max_diff } if max_diff < 1e-3),
+                    matches!(report.verdict, Verdict::NumericallyEquivalent { max_diff } if max_diff < 0.25),
                     "{} {:?}",
                     report.verdict,
                     report.evidence

@@ -161,12 +161,29 @@ fn norms_rope_and_kv_store_match_the_cpu() {
         assert!(nmse(&want, &gpu.read(&got, n * width).unwrap()) < 1e-10, "rope {style:?}");
     }
 
-    // Rows 1..4 into a cache at their positions 11..14.
+    // Queries and keys (half as many heads) rotated in one pass.
+    let (k, kv_width) = (values(6, n * width / 2), width / 2);
+    let (mut want_q, mut want_k) = (x.clone(), k.clone());
+    Cpu.rope_pair(&mut want_q, &mut want_k, &positions, n, (heads, heads / 2, head_dim), 1e6, RopeStyle::Halves).unwrap();
+    let (mut got_q, mut got_k) = (gpu.upload(&x).unwrap(), gpu.upload(&k).unwrap());
+    let shape = (heads, heads / 2, head_dim);
+    gpu.rope_pair(&mut got_q, &mut got_k, &gpu_positions, n, shape, 1e6, RopeStyle::Halves).unwrap();
+    assert!(nmse(&want_q, &gpu.read(&got_q, n * width).unwrap()) < 1e-10, "rope_pair queries");
+    assert!(nmse(&want_k, &gpu.read(&got_k, n * kv_width).unwrap()) < 1e-10, "rope_pair keys");
+
+    // Rows 1..4 into a cache at their positions 11..14; keys and values in one pass.
     let mut want = vec![0.0; 16 * width];
     Cpu.kv_store(&mut want, &positions, &x, 1, 3, width).unwrap();
     let mut got = gpu.alloc(16 * width).unwrap();
     gpu.kv_store(&mut got, &gpu_positions, &gx, 1, 3, width).unwrap();
     assert_eq!(want, gpu.read(&got, 16 * width).unwrap().as_ref(), "kv_store");
+    let (mut keys, mut vals) = (gpu.alloc(16 * width).unwrap(), gpu.alloc(16 * width).unwrap());
+    let gy = gpu.upload(&values(8, n * width)).unwrap();
+    gpu.kv_store_pair((&mut keys, &mut vals), &gpu_positions, (&gx, &gy), 1, 3, width).unwrap();
+    let mut want_values = vec![0.0; 16 * width];
+    Cpu.kv_store(&mut want_values, &positions, &values(8, n * width), 1, 3, width).unwrap();
+    assert_eq!(want, gpu.read(&keys, 16 * width).unwrap().as_ref(), "kv_store_pair keys");
+    assert_eq!(want_values, gpu.read(&vals, 16 * width).unwrap().as_ref(), "kv_store_pair values");
 }
 
 /// Attention of `n` queries, rows 2.. of the batch at positions `start..start + n`,

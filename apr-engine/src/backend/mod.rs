@@ -218,6 +218,38 @@ pub trait Backend: Send + Sync + 'static {
         style: RopeStyle,
     ) -> Result<()>;
 
+    /// [`Backend::rope`] of the queries (`heads`) and the keys (`kv_heads`) of
+    /// the same rows, which a backend may do in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_pair(
+        &self,
+        q: &mut Self::Buffer,
+        k: &mut Self::Buffer,
+        positions: &Self::Indices,
+        n_rows: usize,
+        (heads, kv_heads, head_dim): (usize, usize, usize),
+        base: f32,
+        style: RopeStyle,
+    ) -> Result<()> {
+        self.rope(q, positions, n_rows, heads, head_dim, base, style)?;
+        self.rope(k, positions, n_rows, kv_heads, head_dim, base, style)
+    }
+
+    /// [`Backend::kv_store`] of a sequence's keys and values, which a backend may do in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn kv_store_pair(
+        &self,
+        (keys, values): (&mut Self::Buffer, &mut Self::Buffer),
+        positions: &Self::Indices,
+        (k, v): (&Self::Buffer, &Self::Buffer),
+        first_row: usize,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        self.kv_store(keys, positions, k, first_row, n, width)?;
+        self.kv_store(values, positions, v, first_row, n, width)
+    }
+
     /// Copies `n` rows of width `width` of `src`, from row `first_row`, into
     /// a KV cache buffer, row `r` at row `positions[r]` of the cache.
     #[allow(clippy::too_many_arguments)]

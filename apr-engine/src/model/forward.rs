@@ -159,8 +159,8 @@ impl<B: Backend> Engine<B> {
         self.show(observer, at, Boundary::K, &mut a.k, n * kv_dim)?;
         self.show(observer, at, Boundary::V, &mut a.v, n * kv_dim)?;
         self.timed(observer, at, Op::Rope, || {
-            b.rope(&mut a.q, &a.positions, n, c.heads, c.head_dim, c.rope_base, self.rope)?;
-            b.rope(&mut a.k, &a.positions, n, c.kv_heads, c.head_dim, c.rope_base, self.rope)
+            let shape = (c.heads, c.kv_heads, c.head_dim);
+            b.rope_pair(&mut a.q, &mut a.k, &a.positions, n, shape, c.rope_base, self.rope)
         })?;
         self.timed(observer, at, Op::Attention, || {
             for (sequence, span) in sequences.iter_mut().zip(spans) {
@@ -170,8 +170,8 @@ impl<B: Backend> Engine<B> {
                 if fault == Some(KvFault::ForgetEarlierPositions) && span.start_pos > 0 {
                     b.zero(keys, 0, span.start_pos * kv_dim)?;
                 }
-                b.kv_store(keys, &a.positions, &a.k, span.first_row, span.n_tokens, kv_dim)?;
-                b.kv_store(values, &a.positions, &a.v, span.first_row, span.n_tokens, kv_dim)?;
+                let kv = (&a.k, &a.v);
+                b.kv_store_pair((&mut *keys, &mut *values), &a.positions, kv, span.first_row, span.n_tokens, kv_dim)?;
                 let shape = AttentionShape {
                     n_tokens: span.n_tokens,
                     start_pos: span.start_pos,

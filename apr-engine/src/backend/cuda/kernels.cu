@@ -436,31 +436,36 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, int width, f
     for (int i = threadIdx.x; i < width; i += blockDim.x) out[(size_t)blockIdx.x * width + i] = row[i] * scale * w[i];
 }
 
-// One block per row: rotates every pair of every head of row r at positions[r].
-// halves != 0: pairs (i, i + d/2); else (2i, 2i + 1).
-extern "C" __global__ void rope(float* x, const u32* positions, int heads, int head_dim, float base, int halves) {
+// One block per row: rotates every pair of every head of row r at positions[r],
+// the `heads` heads of x and then the `heads2` heads of x2 (queries and keys in
+// one pass; heads2 = 0 for one buffer). halves != 0: pairs (i, i + d/2); else (2i, 2i + 1).
+extern "C" __global__ void rope(float* x, int heads, float* x2, int heads2, const u32* positions, int head_dim,
+                                float base, int halves) {
     int r = blockIdx.x, half = head_dim / 2;
     float pos = (float)positions[r];
-    float* token = x + (size_t)r * heads * head_dim;
-    for (int k = threadIdx.x; k < heads * half; k += blockDim.x) {
+    for (int k = threadIdx.x; k < (heads + heads2) * half; k += blockDim.x) {
         int h = k / half, i = k % half;
+        float* head = h < heads ? x + ((size_t)r * heads + h) * head_dim : x2 + ((size_t)r * heads2 + h - heads) * head_dim;
         float angle = pos * powf(base, -2.0f * (float)i / (float)head_dim);
         float s, c;
         sincosf(angle, &s, &c);
         int a = halves ? i : 2 * i, b = halves ? i + half : 2 * i + 1;
-        float* head = token + h * head_dim;
         float x0 = head[a], x1 = head[b];
         head[a] = x0 * c - x1 * s;
         head[b] = x0 * s + x1 * c;
     }
 }
 
-// Row first_row + blockIdx.x of src into row positions[that row] of the cache.
-extern "C" __global__ void kv_store(float* cache, const u32* positions, const float* src, int first_row, int width) {
+// Row first_row + blockIdx.x of src (and of src2 when given) into row
+// positions[that row] of the cache (and of cache2).
+extern "C" __global__ void kv_store(float* cache, const float* src, float* cache2, const float* src2,
+                                    const u32* positions, int first_row, int width) {
     int r = first_row + blockIdx.x;
-    float* to = cache + (size_t)positions[r] * width;
-    const float* from = src + (size_t)r * width;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) to[i] = from[i];
+    size_t to = (size_t)positions[r] * width, from = (size_t)r * width;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        cache[to + i] = src[from + i];
+        if (cache2) cache2[to + i] = src2[from + i];
+    }
 }
 
 #define ATTENTION_THREADS 128

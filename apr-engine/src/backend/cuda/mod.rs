@@ -259,6 +259,66 @@ impl Cuda {
     }
 }
 
+impl Cuda {
+    /// RoPE of `heads` heads of each row of `x` and, given, `heads2` of `x2`, in one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_rope(
+        &self,
+        x: &mut CudaSlice<f32>,
+        heads: usize,
+        second: Option<(&mut CudaSlice<f32>, usize)>,
+        positions: &CudaSlice<u32>,
+        n_rows: usize,
+        head_dim: usize,
+        base: f32,
+        style: RopeStyle,
+    ) -> Result<()> {
+        let halves = i32::from(style == RopeStyle::Halves);
+        let (heads, head_dim, null) = (int(heads)?, int(head_dim)?, 0u64);
+        let mut launch = self.stream.launch_builder(self.function("rope")?);
+        launch.arg(x).arg(&heads);
+        let heads2 = match second {
+            Some((x2, heads2)) => {
+                launch.arg(x2);
+                int(heads2)?
+            }
+            None => {
+                launch.arg(&null);
+                0
+            }
+        };
+        launch.arg(&heads2).arg(positions).arg(&head_dim).arg(&base).arg(&halves);
+        // SAFETY: x (and x2) hold n_rows rows of their heads × head_dim; positions n_rows values.
+        unsafe { launch.launch(rows_config(n_rows, 128)) }.map_err(device_error)?;
+        Ok(())
+    }
+
+    /// Rows `first_row..first_row + n` of `src` (and of a second source) into
+    /// their positions' rows of the cache (and of a second cache), in one launch.
+    fn launch_kv_store(
+        &self,
+        (cache, src): (&mut CudaSlice<f32>, &CudaSlice<f32>),
+        second: Option<(&mut CudaSlice<f32>, &CudaSlice<f32>)>,
+        positions: &CudaSlice<u32>,
+        first_row: usize,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        let (first, w, null) = (int(first_row)?, int(width)?, 0u64);
+        let mut launch = self.stream.launch_builder(self.function("kv_store")?);
+        launch.arg(cache).arg(src);
+        match second {
+            Some((cache2, src2)) => launch.arg(cache2).arg(src2),
+            None => launch.arg(&null).arg(&null),
+        };
+        launch.arg(positions).arg(&first).arg(&w);
+        // SAFETY: the sources hold the n rows from first_row; each position is below the
+        // caches' capacity (checked by the forward pass).
+        unsafe { launch.launch(rows_config(n, 256)) }.map_err(device_error)?;
+        Ok(())
+    }
+}
+
 /// One thread per value, 256 a block.
 fn elementwise_config(len: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (len.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
@@ -513,13 +573,20 @@ impl Backend for Cuda {
         base: f32,
         style: RopeStyle,
     ) -> Result<()> {
-        let halves = i32::from(style == RopeStyle::Halves);
-        let (heads, head_dim) = (int(heads)?, int(head_dim)?);
-        let mut launch = self.stream.launch_builder(self.function("rope")?);
-        launch.arg(x).arg(positions).arg(&heads).arg(&head_dim).arg(&base).arg(&halves);
-        // SAFETY: x holds n_rows rows of heads × head_dim; positions n_rows values.
-        unsafe { launch.launch(rows_config(n_rows, 128)) }.map_err(device_error)?;
-        Ok(())
+        self.launch_rope(x, heads, None, positions, n_rows, head_dim, base, style)
+    }
+
+    fn rope_pair(
+        &self,
+        q: &mut CudaSlice<f32>,
+        k: &mut CudaSlice<f32>,
+        positions: &CudaSlice<u32>,
+        n_rows: usize,
+        (heads, kv_heads, head_dim): (usize, usize, usize),
+        base: f32,
+        style: RopeStyle,
+    ) -> Result<()> {
+        self.launch_rope(q, heads, Some((k, kv_heads)), positions, n_rows, head_dim, base, style)
     }
 
     fn kv_store(
@@ -531,12 +598,19 @@ impl Backend for Cuda {
         n: usize,
         width: usize,
     ) -> Result<()> {
-        let (first, w) = (int(first_row)?, int(width)?);
-        let mut launch = self.stream.launch_builder(self.function("kv_store")?);
-        launch.arg(cache).arg(positions).arg(src).arg(&first).arg(&w);
-        // SAFETY: src holds the n rows from first_row; each position is below the cache's capacity (checked by the forward pass).
-        unsafe { launch.launch(rows_config(n, 256)) }.map_err(device_error)?;
-        Ok(())
+        self.launch_kv_store((cache, src), None, positions, first_row, n, width)
+    }
+
+    fn kv_store_pair(
+        &self,
+        (keys, values): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
+        positions: &CudaSlice<u32>,
+        (k, v): (&CudaSlice<f32>, &CudaSlice<f32>),
+        first_row: usize,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        self.launch_kv_store((keys, k), Some((values, v)), positions, first_row, n, width)
     }
 
     fn zero(&self, buffer: &mut CudaSlice<f32>, start: usize, len: usize) -> Result<()> {
