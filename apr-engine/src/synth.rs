@@ -146,7 +146,7 @@ fn random_tensor(spec: &TensorSpec, seed: u64, index: usize) -> Result<Vec<u8>> 
     let rows = elements / cols;
     let rows_per_chunk = (CHUNK_ELEMS / cols).max(1);
     let scale = Scale::of(&spec.name, &spec.shape);
-    // Fewer chunks than rows, and rows fit the memory map's usize.
+    // At most one chunk per row; the count is a usize on the 64-bit targets apr builds for.
     let chunk_count = rows.div_ceil(rows_per_chunk) as usize;
     let chunks: Vec<Vec<u8>> = (0..chunk_count)
         .into_par_iter()
