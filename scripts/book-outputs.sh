@@ -97,6 +97,11 @@ wanted validate && capture validate 40 -- validate "$M"
 wanted convert && capture convert 20 -- convert "$M" "$scratch/converted.apr"
 wanted convert-exists && capture convert-exists 20 -- convert "$M" "$scratch/converted.apr"
 wanted convert-q8 && capture convert-q8 20 -- convert "$M" "$scratch/q8_0.gguf" --dtype q8_0
+if wanted synth; then
+    capture synth-header 20 -- synth --header-only --like "$M" --out "$scratch/header.gguf"
+    capture synth 20 -- synth --like "$scratch/header.gguf" --out "$scratch/synthetic.gguf" --seed 1
+    capture synth-check 40 -- check "$scratch/synthetic.gguf"
+fi
 wanted diff-same && capture diff-same 20 -- diff-tensors "$M" "$q"
 wanted diff-corrupt && capture diff-corrupt 20 -- diff-tensors "$M" "$scratch/layer5.apr"
 wanted compare-same && capture compare-same 20 -- compare-inference "$M" "$q" --prompt "What is 2+2?" --max-tokens 8

@@ -28,4 +28,5 @@ pub mod inspect;
 pub mod isolate;
 pub mod pipeline;
 pub mod stats;
+pub mod synth;
 pub mod validate;

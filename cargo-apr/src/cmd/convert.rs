@@ -119,7 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
 /// Ctrl-C (SIGINT) or SIGTERM while converting: the half-written temporary
 /// file beside OUT is removed, then the process exits as interrupted (130).
 /// (kill -9 cannot be caught; the next write to OUT removes what it left.)
-fn remove_output_on_interrupt() -> anyhow::Result<()> {
+pub(super) fn remove_output_on_interrupt() -> anyhow::Result<()> {
     ctrlc::set_handler(|| {
         for removed in apr_engine::container::remove_unfinished_outputs() {
             eprintln!("interrupted: removed the unfinished {}", removed.display());

@@ -17,6 +17,7 @@ mod prompt_args;
 mod review;
 mod run;
 mod stream;
+mod synth;
 mod test;
 mod threads;
 mod trace_args;
@@ -65,6 +66,8 @@ enum Command {
     Review(review::Args),
     /// Generate text from a prompt (chat template applied unless --raw).
     Run(run::Args),
+    /// Write a model with another's exact header (or header-only prefix) and random weights.
+    Synth(synth::Args),
     /// Run the #[model_test] suites and print the matrix, summary and qualification score.
     Test(test::Args),
     /// Drive two models in lockstep and name the first divergent layer (exit 5 when diverged).
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Kld(args) => kld::run(args),
         Command::Profile(args) => profile::run(args),
         Command::Review(args) => review::run(args),
+        Command::Synth(args) => synth::run(args),
         Command::Test(args) => test::run(args),
         Command::Run(args) => run::run(args),
         Command::TraceDiff(args) => trace_diff::run(args),

@@ -12,7 +12,7 @@ mod writer;
 
 use super::MetaValue;
 
-pub use reader::parse;
+pub use reader::{parse, parse_header, HeaderOnly};
 pub use writer::write;
 
 /// The first four bytes of every GGUF file.

@@ -39,8 +39,39 @@ struct RawTensorInfo {
     offset_at: u64,
 }
 
+/// Whether the bytes must hold the tensor data or only the header before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataSection {
+    /// Every tensor's data must lie wholly inside the bytes (a model file).
+    Required,
+    /// The bytes may end anywhere after the tensor table: a header-only
+    /// prefix, which `synth` reads to make a file of the same layout.
+    NotRequired,
+}
+
 /// Parses a GGUF file's bytes into metadata and tensor descriptions.
 pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
+    parse_with(bytes, DataSection::Required).map(|header| header.parsed)
+}
+
+/// A GGUF header read without its tensor data.
+#[derive(Debug, Clone)]
+pub struct HeaderOnly {
+    pub parsed: Parsed,
+    /// Where the data section starts: the header's length with its padding.
+    pub data_offset: u64,
+}
+
+/// Parses only a GGUF header: magic, counts, metadata and the whole tensor
+/// table, every check of [`parse`] kept but the one that tensor data lies
+/// inside the bytes. So `bytes` may be a prefix of a file cut anywhere after
+/// its tensor table (or the whole file). Only for reading a layout (`synth`):
+/// the offsets it returns may point past the end of `bytes`.
+pub fn parse_header(bytes: &[u8]) -> Result<HeaderOnly, ParseError> {
+    parse_with(bytes, DataSection::NotRequired)
+}
+
+fn parse_with(bytes: &[u8], data: DataSection) -> Result<HeaderOnly, ParseError> {
     let mut cur = Cursor::new(bytes);
     let header = read_header(&mut cur)?;
     let (metadata, alignment) = read_metadata(&mut cur, header.kv_count)?;
@@ -51,7 +82,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
         .ok_or_else(|| ParseError::new("data section", infos_end, "aligned start overflows u64"))?;
     let tensors = raw_infos
         .into_iter()
-        .map(|raw| locate(raw, data_offset, alignment, bytes.len() as u64))
+        .map(|raw| locate(raw, data_offset, alignment, data, bytes.len() as u64))
         .collect::<Result<Vec<_>, _>>()?;
     let facts = vec![
         ("version".to_string(), header.version.to_string()),
@@ -60,13 +91,14 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
         ("kv count".to_string(), header.kv_count.to_string()),
         ("tensor count".to_string(), header.tensor_count.to_string()),
     ];
-    Ok(Parsed {
+    let parsed = Parsed {
         format: Format::Gguf { version: header.version },
         metadata,
         tensors,
         qk_row_order: QkRowOrder::Gguf,
         facts,
-    })
+    };
+    Ok(HeaderOnly { parsed, data_offset })
 }
 
 fn read_header(cur: &mut Cursor) -> Result<Header, ParseError> {
@@ -310,7 +342,13 @@ fn check_unique_names(infos: &[RawTensorInfo]) -> Result<(), ParseError> {
 }
 
 /// Places a tensor's data in the file: aligned, and wholly inside it.
-fn locate(raw: RawTensorInfo, data_offset: u64, alignment: u64, file_len: u64) -> Result<TensorInfo, ParseError> {
+fn locate(
+    raw: RawTensorInfo,
+    data_offset: u64,
+    alignment: u64,
+    data: DataSection,
+    file_len: u64,
+) -> Result<TensorInfo, ParseError> {
     let field = format!("tensor '{}' offset", raw.stored_name);
     if !raw.relative_offset.is_multiple_of(alignment) {
         return Err(ParseError::new(
@@ -324,7 +362,7 @@ fn locate(raw: RawTensorInfo, data_offset: u64, alignment: u64, file_len: u64) -
     let (Some(start), Some(end)) = (start, end) else {
         return Err(ParseError::new(field, raw.offset_at, "data offset plus size overflows u64"));
     };
-    if end > file_len {
+    if data == DataSection::Required && end > file_len {
         return Err(ParseError::new(
             field,
             raw.offset_at,
