@@ -4,7 +4,7 @@
 # repository), then runs llama-bench (-ngl 99 -fa 1) and `cargo apr bench
 # --backend cuda` on each model and prints the ratios (scripts/bench_vs_llama.py).
 #
-# Usage: scripts/bench-cuda-vs-llama.sh [MODEL.gguf ...]   (default: the two Qwen models)
+# Usage: scripts/bench-cuda-vs-llama.sh [--build-only] [MODEL.gguf ...]   (default: the two Qwen models)
 #   APR_LLAMA_SRC  an unpacked llama.cpp source tree (default: the llama-cpp-python
 #                  sdist's vendored copy, the commit of reference/, fetched with pip)
 #   APR_LLAMA_DIR  where the CUDA build goes (default ~/.cache/apr/llama.cpp-cuda)
@@ -25,8 +25,10 @@ if [ ! -x "$dir/build/bin/llama-bench" ]; then
     command -v cmake >/dev/null && command -v ninja >/dev/null ||
         python3 -m pip install --quiet --disable-pip-version-check cmake ninja
     cmake -S "$src" -B "$dir/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
-        -DCMAKE_CUDA_ARCHITECTURES=native -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DCMAKE_CUDA_ARCHITECTURES=${APR_CUDA_ARCH:-native} -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=OFF
     cmake --build "$dir/build" -j "$(nproc)" --target llama-bench
 fi
+echo "llama.cpp (CUDA): $dir/build/bin/llama-bench"
+[ "${1:-}" = --build-only ] && exit 0
 APR_LLAMA_DIR=$dir python3 scripts/bench_vs_llama.py --backend cuda --prompt-sizes 512 --gen 128 --reps 5 "$@"

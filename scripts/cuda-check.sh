@@ -9,26 +9,30 @@
 # Both ways need APR_MODEL_DIR (default ~/.cache/apr/models) to hold
 # qwen2.5-coder-0.5b-instruct.gguf and smollm2-135m-instruct-q4_1.gguf
 # (scripts/fetch-models.sh). What runs: every kernel against the CPU backends on
-# made-up data (every weight dtype, 1/5/40 tokens, norm, RoPE, attention),
-# CUDA against the exact backend isolated on both models (and a broken CUDA op
-# caught at its layer), the examples' `*_cuda` model tests, a generation, and
-# `bench --backend cuda`.
+# made-up data (every weight dtype, 1/5/40 tokens on CUDA and tensor cores, the
+# fused products, norm, RoPE, split attention past 12k positions), greedy tokens
+# on the reference prompts on CUDA against llama.cpp's (0.5B and SmolLM2), CUDA
+# against the exact backend isolated on both models (and a broken CUDA op caught
+# at its layer), the examples' `*_cuda` model tests, a generation, and
+# `bench --backend cuda`. The comparison with llama.cpp's CUDA build is
+# scripts/bench-cuda-vs-llama.sh.
 set -euo pipefail
 mode=${1:-all}
 models=${APR_MODEL_DIR:-$HOME/.cache/apr/models}
 qwen=$models/qwen2.5-coder-0.5b-instruct.gguf
 
 # Test binaries by name: (package, test target).
-tests=("apr-engine cuda_kernels" "apr-engine backend_diff" "apr-examples format_equivalence" "apr-examples trace_diff")
+tests=("apr-engine cuda_kernels" "apr-engine engine_reference" "apr-engine backend_diff" "apr-examples format_equivalence" "apr-examples trace_diff")
 
 run_checks() { # APR TEST_DIR
     local apr=$1 dir=$2
     "$dir/cuda_kernels" --nocapture
+    "$dir/engine_reference" on_cuda --skip 1_5b --nocapture
     "$dir/backend_diff" cuda --nocapture
     "$dir/format_equivalence" _cuda --nocapture
     "$dir/trace_diff" _cuda --nocapture
     "$apr" apr run "$qwen" -p "What is 2+2?" -n 16 --backend cuda --verbose
-    "$apr" apr bench "$qwen" --backend cuda -p 64,512 -n 32 -r 3
+    "$apr" apr bench "$qwen" --backend cuda -p 64,512 -n 128 -r 3
 }
 
 case $mode in
