@@ -164,7 +164,8 @@ fn norms_rope_and_kv_store_match_the_cpu() {
     // Queries and keys (half as many heads) rotated in one pass.
     let (k, kv_width) = (values(6, n * width / 2), width / 2);
     let (mut want_q, mut want_k) = (x.clone(), k.clone());
-    Cpu.rope_pair(&mut want_q, &mut want_k, &positions, n, (heads, heads / 2, head_dim), 1e6, RopeStyle::Halves).unwrap();
+    Cpu.rope_pair(&mut want_q, &mut want_k, &positions, n, (heads, heads / 2, head_dim), 1e6, RopeStyle::Halves)
+        .unwrap();
     let (mut got_q, mut got_k) = (gpu.upload(&x).unwrap(), gpu.upload(&k).unwrap());
     let shape = (heads, heads / 2, head_dim);
     gpu.rope_pair(&mut got_q, &mut got_k, &gpu_positions, n, shape, 1e6, RopeStyle::Halves).unwrap();

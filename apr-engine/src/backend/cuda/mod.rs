@@ -493,12 +493,8 @@ impl Backend for Cuda {
             }
             return Ok(());
         }
-        let parts: Vec<Fused> = ws
-            .iter()
-            .zip(outs.iter_mut())
-            .zip(biases)
-            .map(|((w, out), bias)| Fused { w, out: &mut **out, bias: *bias })
-            .collect();
+        let parts: Vec<Fused> =
+            ws.iter().zip(outs.iter_mut()).zip(biases).map(|((w, out), bias)| Fused { w, out, bias: *bias }).collect();
         self.matvec_fused(parts, x, n_rows, FusedMode::Store)
     }
 
@@ -630,7 +626,7 @@ impl Backend for Cuda {
         first_row: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        if s.head_dim > MAX_HEAD_DIM || s.heads % s.kv_heads != 0 {
+        if s.head_dim > MAX_HEAD_DIM || !s.heads.is_multiple_of(s.kv_heads) {
             return Err(Error::Unsupported(format!(
                 "backend cuda: attention with head size {} and {} heads over {} KV heads (at most {MAX_HEAD_DIM}, a multiple)",
                 s.head_dim, s.heads, s.kv_heads
