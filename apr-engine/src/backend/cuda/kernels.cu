@@ -19,16 +19,15 @@ typedef unsigned int u32;
 #define DT_Q6_K 14
 #define DT_BF16 30
 
-__device__ __forceinline__ float f16_at(const u8* p) {
-    u16 bits = (u16)p[0] | ((u16)p[1] << 8);
+__device__ __forceinline__ float f16_bits(u16 bits) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
     return f;
 }
 
-__device__ __forceinline__ float bf16_at(const u8* p) {
-    u32 bits = ((u32)p[0] << 16) | ((u32)p[1] << 24);
-    return __uint_as_float(bits);
+// A little-endian f16 at any byte address (block scales are only 2-byte aligned).
+__device__ __forceinline__ float f16_at(const u8* p) {
+    return f16_bits((u16)p[0] | ((u16)p[1] << 8));
 }
 
 __device__ __forceinline__ u32 u32_at(const u8* p) {
@@ -44,95 +43,6 @@ __device__ __forceinline__ void k4_scale_min(const u8* s, int j, float* sc, floa
         *sc = (float)((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4));
         *m = (float)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
     }
-}
-
-// The 32 values of chunk `c` (elements 32c..32c+32) of a row in dtype T.
-template <int T>
-__device__ __forceinline__ void dequant32(const u8* row, int c, float* v) {
-    if (T == DT_F32) {
-        const u8* p = row + 128 * c;
-        for (int i = 0; i < 32; i++) v[i] = __uint_as_float(u32_at(p + 4 * i));
-    } else if (T == DT_F16) {
-        const u8* p = row + 64 * c;
-        for (int i = 0; i < 32; i++) v[i] = f16_at(p + 2 * i);
-    } else if (T == DT_BF16) {
-        const u8* p = row + 64 * c;
-        for (int i = 0; i < 32; i++) v[i] = bf16_at(p + 2 * i);
-    } else if (T == DT_Q4_0) {
-        const u8* b = row + 18 * c;
-        float d = f16_at(b);
-        for (int i = 0; i < 16; i++) {
-            v[i] = d * (float)((int)(b[2 + i] & 0x0f) - 8);
-            v[i + 16] = d * (float)((int)(b[2 + i] >> 4) - 8);
-        }
-    } else if (T == DT_Q4_1) {
-        const u8* b = row + 20 * c;
-        float d = f16_at(b), m = f16_at(b + 2);
-        for (int i = 0; i < 16; i++) {
-            v[i] = d * (float)(b[4 + i] & 0x0f) + m;
-            v[i + 16] = d * (float)(b[4 + i] >> 4) + m;
-        }
-    } else if (T == DT_Q5_0) {
-        const u8* b = row + 22 * c;
-        float d = f16_at(b);
-        u32 qh = u32_at(b + 2);
-        for (int i = 0; i < 16; i++) {
-            int lo = (b[6 + i] & 0x0f) | (((qh >> i) & 1) << 4);
-            int hi = (b[6 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
-            v[i] = d * (float)(lo - 16);
-            v[i + 16] = d * (float)(hi - 16);
-        }
-    } else if (T == DT_Q5_1) {
-        const u8* b = row + 24 * c;
-        float d = f16_at(b), m = f16_at(b + 2);
-        u32 qh = u32_at(b + 4);
-        for (int i = 0; i < 16; i++) {
-            int lo = (b[8 + i] & 0x0f) | (((qh >> i) & 1) << 4);
-            int hi = (b[8 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
-            v[i] = d * (float)lo + m;
-            v[i + 16] = d * (float)hi + m;
-        }
-    } else if (T == DT_Q8_0) {
-        const u8* b = row + 34 * c;
-        float d = f16_at(b);
-        for (int i = 0; i < 32; i++) v[i] = d * (float)(signed char)b[2 + i];
-    } else if (T == DT_Q4_K || T == DT_Q5_K) {
-        const int bytes = T == DT_Q4_K ? 144 : 176;
-        const u8* b = row + bytes * (c / 8);
-        int sub = c % 8, chunk = sub / 2, half = sub % 2;
-        float sc, m;
-        k4_scale_min(b + 4, sub, &sc, &m);
-        float dl = f16_at(b) * sc, ml = f16_at(b + 2) * m;
-        const u8* qs = b + (T == DT_Q4_K ? 16 : 48) + 32 * chunk;
-        for (int l = 0; l < 32; l++) {
-            int q = (qs[l] >> (4 * half)) & 0x0f;
-            if (T == DT_Q5_K) q |= ((b[16 + l] >> sub) & 1) << 4;
-            v[l] = dl * (float)q - ml;
-        }
-    } else if (T == DT_Q6_K) {
-        const u8* b = row + 210 * (c / 8);
-        float d = f16_at(b + 208);
-        int e0 = 32 * (c % 8), half = e0 / 128;
-        for (int i = 0; i < 32; i++) {
-            int w = (e0 + i) % 128;
-            int low = (b[64 * half + w % 64] >> (4 * (w / 64))) & 0x0f;
-            int high = (b[128 + 32 * half + w % 32] >> (2 * (w / 32))) & 3;
-            float dl = d * (float)(signed char)b[192 + (e0 + i) / 16];
-            v[i] = dl * (float)((low | (high << 4)) - 32);
-        }
-    }
-}
-
-#define TOKENS_PER_PASS 8
-// A block of ROW_THREADS threads takes one row; four threads share each chunk
-// of 32 weights, 8 weights each, so the block's loads of a row are contiguous.
-#define ROW_THREADS 128
-#define SLICES 4
-
-__device__ __forceinline__ float f16_bits(u16 bits) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
-    return f;
 }
 
 // Weights 8 * part .. 8 * part + 8 of chunk `c` (elements 32c..32c+32) of a row in dtype T.
@@ -195,6 +105,18 @@ __device__ __forceinline__ void dequant8(const u8* row, int c, int part, float* 
         }
     }
 }
+
+// The 32 values of chunk `c` (elements 32c..32c+32) of a row in dtype T.
+template <int T>
+__device__ __forceinline__ void dequant32(const u8* row, int c, float* v) {
+    for (int part = 0; part < 4; part++) dequant8<T>(row, c, part, v + 8 * part);
+}
+
+#define TOKENS_PER_PASS 8
+// A block of ROW_THREADS threads takes one row; four threads share each chunk
+// of 32 weights, 8 weights each, so the block's loads of a row are contiguous.
+#define ROW_THREADS 128
+#define SLICES 4
 
 // This thread's share of row . x[t] for tn (<= 8) tokens.
 template <int T>
