@@ -16,6 +16,7 @@ mod profile;
 mod prompt_args;
 mod review;
 mod run;
+mod serve;
 mod stream;
 mod test;
 mod threads;
@@ -65,6 +66,8 @@ enum Command {
     Review(review::Args),
     /// Generate text from a prompt (chat template applied unless --raw).
     Run(run::Args),
+    /// OpenAI-compatible HTTP server with continuous batching and per-request tracing.
+    Serve(serve::Args),
     /// Run the #[model_test] suites and print the matrix, summary and qualification score.
     Test(test::Args),
     /// Drive two models in lockstep and name the first divergent layer (exit 5 when diverged).
@@ -102,6 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Review(args) => review::run(args),
         Command::Test(args) => test::run(args),
         Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::TraceDiff(args) => trace_diff::run(args),
         Command::Validate(args) => validate::run(args),
     }
