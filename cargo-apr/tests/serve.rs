@@ -263,15 +263,14 @@ fn a_full_queue_answers_503_with_retry_after_and_a_hang_up_frees_the_sequence() 
     let long = json!({"messages": [{"role": "user", "content": "Count to a thousand."}], "max_tokens": 2000, "stream": true, "temperature": 0});
     let json = [("Content-Type", "application/json")];
     let mut running = server.send("POST", CHAT, &json, long.to_string().as_bytes()).unwrap();
-    let mut first = [0u8; 256];
-    let _ = running.read(&mut first).unwrap(); // its first chunk: it holds the one sequence
+    read_first_token(&mut running); // it holds the one sequence
     let mut waiting = server.send("POST", CHAT, &json, long.to_string().as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let refused = server.post_json(CHAT, &chat_body(2, false));
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.header("retry-after"), Some("1"));
     drop(running); // hang up: the waiting request must get the sequence
-    let _ = waiting.read(&mut first).unwrap();
+    read_first_token(&mut waiting);
     drop(waiting);
     let started = Instant::now();
     let after = server.post_json(CHAT, &chat_body(2, false));
@@ -281,13 +280,24 @@ fn a_full_queue_answers_503_with_retry_after_and_a_hang_up_frees_the_sequence() 
     assert_eq!(gone, 2, "{:?}", server.log());
 }
 
+/// Reads a streamed response until its first token's chunk (the headers come
+/// as soon as the request is queued; the first chunk once it is decoding).
+fn read_first_token(stream: &mut std::net::TcpStream) {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("data:") {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "the stream ended before its first token: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+}
+
 #[test]
 fn sigterm_lets_in_flight_requests_finish_and_exits_cleanly() {
     let mut server = Server::start(&model(), &[]);
     let body = chat_body(16, true).to_string();
     let mut in_flight = server.send("POST", CHAT, &[("Content-Type", "application/json")], body.as_bytes()).unwrap();
-    let mut start = [0u8; 64];
-    let _ = in_flight.read(&mut start).unwrap();
+    read_first_token(&mut in_flight);
     server.signal(libc::SIGTERM);
     let mut rest = String::new();
     let _ = in_flight.read_to_string(&mut rest);
@@ -316,8 +326,7 @@ fn load_test_answers_every_request() {
         let quitter = scope.spawn(|| {
             let body = json!({"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 500, "stream": true});
             let mut stream = server.send("POST", CHAT, &[("Content-Type", "application/json")], body.to_string().as_bytes()).unwrap();
-            let mut first = [0u8; 128];
-            let _ = stream.read(&mut first);
+            read_first_token(&mut stream); // then hang up
         });
         quitter.join().unwrap();
         workers.into_iter().flat_map(|w| w.join().unwrap()).collect()

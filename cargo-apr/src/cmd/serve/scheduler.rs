@@ -136,6 +136,8 @@ struct Active<'p> {
     tracer: Option<Tracer>,
     first_token: Option<Instant>,
     finished: bool,
+    /// `--trace`: a hang-up is logged too.
+    log_requests: bool,
 }
 
 impl Active<'_> {
@@ -146,8 +148,19 @@ impl Active<'_> {
 
     fn send(&mut self, event: Event) {
         if self.job.events.send(event).is_err() {
-            self.finished = true; // the client went away
+            self.abandon();
         }
+    }
+
+    /// The client went away: the sequence ends at this step.
+    fn abandon(&mut self) {
+        if self.log_requests && !self.finished {
+            eprintln!(
+                "[serve] request {}: client went away after {} tokens; sequence freed",
+                self.job.id, self.generated
+            );
+        }
+        self.finished = true;
     }
 }
 
@@ -171,9 +184,7 @@ pub fn run(pipeline: &Pipeline, config: &Config, jobs: Receiver<Job>) {
             }
         }
         // A client that disconnected frees its sequence here, before any work for it.
-        for a in active.iter_mut().filter(|a| !a.finished && a.job.events.is_closed()) {
-            abandon(config, a);
-        }
+        active.iter_mut().filter(|a| a.job.events.is_closed()).for_each(Active::abandon);
         release_finished(&mut active, &mut caches);
         step(pipeline, config, &mut active);
         release_finished(&mut active, &mut caches);
@@ -181,13 +192,6 @@ pub fn run(pipeline: &Pipeline, config: &Config, jobs: Receiver<Job>) {
             return;
         }
     }
-}
-
-fn abandon(config: &Config, a: &mut Active) {
-    if config.log_requests {
-        eprintln!("[serve] request {}: client went away after {} tokens; sequence freed", a.job.id, a.generated);
-    }
-    a.finished = true;
 }
 
 fn admit<'p>(pipeline: &'p Pipeline, config: &Config, job: Job, caches: &mut Vec<KvCache>) -> Active<'p> {
@@ -203,6 +207,7 @@ fn admit<'p>(pipeline: &'p Pipeline, config: &Config, job: Job, caches: &mut Vec
         tracer,
         first_token: None,
         finished: false,
+        log_requests: config.log_requests,
         job,
     }
 }
