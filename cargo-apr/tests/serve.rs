@@ -53,7 +53,7 @@ fn greedy_answers_equal_cargo_apr_run_streamed_or_not() {
     assert_eq!(body["choices"][0]["message"]["content"], expected.as_str());
     assert_eq!(body["usage"]["prompt_tokens"], 36, "the 0.5B's template makes 36 prompt tokens");
     let completion = body["usage"]["completion_tokens"].as_u64().unwrap();
-    assert!(completion >= 1 && completion <= 24);
+    assert!((1..=24).contains(&completion));
     let stream = server.post_json(CHAT, &chat_body(24, true));
     assert_eq!(stream.status, 200);
     assert!(stream.header("content-type").unwrap_or_default().starts_with("text/event-stream"));
@@ -353,7 +353,7 @@ fn load_test_answers_every_request() {
 
 /// One request of the load test: its status, latency and completion tokens.
 fn one_load_request(server: &Server, client: usize, i: usize) -> (u16, Duration, u64) {
-    let stream = (client + i) % 2 == 0;
+    let stream = (client + i).is_multiple_of(2);
     let body = json!({"messages": [{"role": "user", "content": format!("Give me fact number {i} about the number {client}.")}],
                       "max_tokens": 8, "temperature": 0, "stream": stream,
                       "stream_options": {"include_usage": true}});
