@@ -186,6 +186,17 @@ fn bad_inputs_get_openai_errors_with_the_right_status() {
 }
 
 #[test]
+fn a_model_that_cannot_load_ends_the_server_with_exit_1_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.gguf");
+    let bytes = std::fs::read(model()).unwrap();
+    std::fs::write(&broken, &bytes[..4096]).unwrap();
+    let mut command = apr(&["serve", broken.to_str().unwrap(), "--port", "0"]);
+    let (_, stderr) = common::outputs(command.timeout(Duration::from_secs(120)), 1);
+    assert!(stderr.contains("error: ") && stderr.contains("broken.gguf"), "{stderr}");
+}
+
+#[test]
 fn an_api_key_is_required_when_one_is_set() {
     let server = Server::start(&model(), &["--api-key", "sesame"]);
     let body = chat_body(2, false).to_string();

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context;
 use apr_engine::pipeline::Pipeline;
@@ -127,14 +127,15 @@ async fn serve(args: Args) -> anyhow::Result<u8> {
             .spawn(move || load_and_schedule(&args, &state, jobs, load_failed))?
     };
     let app = router(state.clone());
-    let failure = Arc::new(OnceLock::new());
+    let failure = Arc::new(Mutex::new(None));
     let shutdown = stop_signal(state.clone(), load_failure, failure.clone());
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving")?;
     // Every connection is closed: let the scheduler finish what is queued, and end.
     state.queue.close();
     tokio::task::spawn_blocking(move || scheduler.join()).await.ok();
-    match failure.get() {
-        Some(message) => Err(anyhow::anyhow!("{message}")),
+    let failure = failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    match failure {
+        Some(error) => Err(error),
         None => {
             eprintln!("[serve] stopped");
             Ok(crate::exit::PASS)
@@ -187,16 +188,20 @@ fn router(state: Arc<AppState>) -> Router {
 /// Resolves on SIGINT or SIGTERM (or when the model failed to load): from then
 /// on new requests get 503, and axum stops accepting connections and waits for
 /// the in-flight ones.
-async fn stop_signal(state: Arc<AppState>, load_failure: oneshot::Receiver<String>, failure: Arc<OnceLock<String>>) {
+async fn stop_signal(
+    state: Arc<AppState>,
+    load_failure: oneshot::Receiver<anyhow::Error>,
+    failure: Arc<Mutex<Option<anyhow::Error>>>,
+) {
     let load_failed = async {
         match load_failure.await {
-            Ok(message) => message,
+            Ok(error) => error,
             Err(_) => std::future::pending().await, // loaded: only a signal stops the server
         }
     };
     tokio::select! {
         name = signal() => eprintln!("[serve] {name}: finishing in-flight requests, refusing new ones"),
-        message = load_failed => { let _ = failure.set(message); }
+        error = load_failed => *failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error),
     }
     state.shutting_down.store(true, Ordering::SeqCst);
 }
@@ -224,11 +229,11 @@ async fn signal() -> &'static str {
 /// The scheduler thread: sizes the thread pool (this thread is one of its
 /// workers, as `run`'s main thread is), loads the model, then schedules until
 /// the queue closes.
-fn load_and_schedule(args: &Args, state: &AppState, jobs: Receiver<Job>, load_failed: oneshot::Sender<String>) {
+fn load_and_schedule(args: &Args, state: &AppState, jobs: Receiver<Job>, load_failed: oneshot::Sender<anyhow::Error>) {
     let pipeline = match load(args) {
         Ok(p) => Arc::new(p),
         Err(e) => {
-            let _ = load_failed.send(format!("{e:#}"));
+            let _ = load_failed.send(e);
             return;
         }
     };
