@@ -19,10 +19,14 @@ const CHAT: &str = "/v1/chat/completions";
 
 /// `cargo apr run`'s greedy text for `PROMPT` (`--raw` for a completion prompt).
 fn run_text(max_tokens: usize, extra: &[&str]) -> String {
+    run_text_for(PROMPT, max_tokens, extra)
+}
+
+fn run_text_for(prompt: &str, max_tokens: usize, extra: &[&str]) -> String {
     let m = model();
     let n = max_tokens.to_string();
     let output =
-        apr(&[&["run", &m, "-p", PROMPT, "-n", &n, "--json"], extra].concat()).assert().code(0).get_output().clone();
+        apr(&[&["run", &m, "-p", prompt, "-n", &n, "--json"], extra].concat()).assert().code(0).get_output().clone();
     let json: Value = serde_json::from_slice(&output.stdout).unwrap();
     json["text"].as_str().unwrap().to_string()
 }
@@ -58,6 +62,28 @@ fn greedy_answers_equal_cargo_apr_run_streamed_or_not() {
     assert_eq!(stream.status, 200);
     assert!(stream.header("content-type").unwrap_or_default().starts_with("text/event-stream"));
     assert_eq!(streamed_text(&stream), (expected, true));
+}
+
+/// Different prompts decoded in the same batched steps: each gets its own
+/// greedy answer (a mix-up of sequences, caches or logits would show here).
+#[test]
+fn concurrent_requests_batched_together_each_get_their_own_greedy_answer() {
+    let server = Server::start(&model(), &["--parallel", "3"]);
+    let prompts = ["What is 2+2?", "Name a prime number.", "Write hello world in C."];
+    let answers: Vec<String> = std::thread::scope(|scope| {
+        let asks: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let body = json!({"messages": [{"role": "user", "content": p}], "temperature": 0, "max_tokens": 20});
+                let server = &server;
+                scope.spawn(move || server.post_json(CHAT, &body).json()["choices"][0]["message"]["content"].clone())
+            })
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap().as_str().unwrap_or_default().to_string()).collect()
+    });
+    for (prompt, answer) in prompts.iter().zip(&answers) {
+        assert_eq!(answer, &run_text_for(prompt, 20, &[]), "{prompt}");
+    }
 }
 
 #[test]

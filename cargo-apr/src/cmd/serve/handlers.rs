@@ -96,7 +96,7 @@ async fn chat(
     let tracing = RequestTracing::from_headers(&headers, state.tracing)?;
     let pipeline = loaded.pipeline.clone();
     // The same path as `cargo apr run`: the model's template, the user's text never parsed for special tokens.
-    let prompt = tokenize(move || pipeline.chat_tokens(&messages, false)).await?;
+    let prompt = tokenize(&state, move || pipeline.chat_tokens(&messages, false)).await?;
     let job = Prepared { endpoint: Endpoint::Chat, prompt, settings, logprobs, tracing, prompt_param: "messages" };
     start(&state, loaded, job).await
 }
@@ -120,13 +120,19 @@ async fn completion(
     // A completion prompt is raw text in the model's own markup, special tokens
     // included, as llama-server reads it (`cargo apr run --raw --parse-special`).
     let mode = PromptMode { raw: true, parse_special: true };
-    let prompt = tokenize(move || pipeline.prompt_tokens_with(&text, None, mode)).await?;
+    let prompt = tokenize(&state, move || pipeline.prompt_tokens_with(&text, None, mode)).await?;
     let job = Prepared { endpoint: Endpoint::Completion, prompt, settings, logprobs, tracing, prompt_param: "prompt" };
     start(&state, loaded, job).await
 }
 
-/// Tokenizing renders the chat template in a child process: off the async threads.
-async fn tokenize(work: impl FnOnce() -> apr_engine::Result<Vec<u32>> + Send + 'static) -> Result<Vec<u32>, ApiError> {
+/// Tokenizing renders the chat template in a child process: off the async
+/// threads, and only a few at once (a flood of requests must not fork a
+/// process each before the queue can refuse them).
+async fn tokenize(
+    state: &AppState,
+    work: impl FnOnce() -> apr_engine::Result<Vec<u32>> + Send + 'static,
+) -> Result<Vec<u32>, ApiError> {
+    let _permit = state.tokenizing.acquire().await.map_err(|_| ApiError::unavailable("the server is shutting down"))?;
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(tokens)) => Ok(tokens),
         Ok(Err(e)) => Err(ApiError::invalid(e.to_string(), None)),

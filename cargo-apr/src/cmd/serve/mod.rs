@@ -36,6 +36,9 @@ use scheduler::{Job, Queue};
 use super::common_args::opened;
 use super::threads;
 
+/// Prompts tokenized at once; the rest wait their turn.
+const TOKENIZING_AT_ONCE: usize = 4;
+
 /// What every handler sees.
 pub struct AppState {
     /// Set by the scheduler thread once the model is loaded.
@@ -48,6 +51,8 @@ pub struct AppState {
     body_limit: usize,
     tracing: tracing::ServerTracing,
     shutting_down: AtomicBool,
+    /// Requests tokenizing at once (each may fork the chat template's renderer).
+    tokenizing: tokio::sync::Semaphore,
     next_id: AtomicU64,
     started_at: u64,
 }
@@ -156,6 +161,7 @@ fn new_state(args: &Args, queue: Queue) -> AppState {
         body_limit: args.body_limit,
         tracing: args.server_tracing(),
         shutting_down: AtomicBool::new(false),
+        tokenizing: tokio::sync::Semaphore::new(TOKENIZING_AT_ONCE),
         next_id: AtomicU64::new(1),
         started_at: handlers::unix_time(),
     }
