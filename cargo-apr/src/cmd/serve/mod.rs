@@ -245,17 +245,26 @@ fn load_and_schedule(args: &Args, state: &AppState, jobs: Receiver<Job>, load_fa
     };
     let ctx_size = args.ctx_size(pipeline.model.config.context_length);
     eprintln!(
-        "[serve] {} loaded on {} in {:.2} s; up to {} sequences of {} positions each; queue of {}",
+        "[serve] {} loaded on {} in {:.2} s; up to {} sequences of {} positions each ({} of KV cache at most); queue of {}",
         state.model_id,
         pipeline.model.backend_description(),
         pipeline.load_time.as_secs_f64(),
         args.parallel,
         ctx_size,
+        super::human_bytes(kv_budget(&pipeline, args.parallel, ctx_size)),
         args.queue
     );
     let config = args.scheduler_config(ctx_size);
     let _ = state.loaded.set(Loaded { pipeline: pipeline.clone(), ctx_size });
     scheduler::run(&pipeline, &config, jobs);
+}
+
+/// Bytes the KV caches take when all `parallel` sequences are in use: keys and
+/// values of every layer, f32, `ctx_size` positions each (taken as caches are first used).
+fn kv_budget(pipeline: &Pipeline, parallel: usize, ctx_size: usize) -> u64 {
+    let c = &pipeline.model.config;
+    let per_position = 2 * c.layers * c.kv_heads * c.head_dim * std::mem::size_of::<f32>();
+    (parallel * ctx_size * per_position) as u64
 }
 
 fn load(args: &Args) -> anyhow::Result<Pipeline> {
