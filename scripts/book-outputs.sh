@@ -141,6 +141,43 @@ EOF
     rm -f "$golden.new.json"
 fi
 wanted usage && capture usage 20 -- diff-tensors "$M"
+if wanted serve; then
+    # The server on a free port with --trace, a few requests with curl, then SIGINT.
+    log=$scratch/serve.log
+    "$APR_BIN" apr serve "$M" --port 0 --trace 2>"$log" &
+    pid=$!
+    for _ in $(seq 1 600); do grep -q "loaded on" "$log" && break; sleep 0.2; done
+    port=$(sed -n 's#.*listening on http://127.0.0.1:\([0-9]*\).*#\1#p' "$log")
+    url=http://127.0.0.1:$port
+    question='{"messages":[{"role":"user","content":"What is 2+2?"}],"temperature":0,"max_tokens":16}'
+    # JSON arguments shown in single quotes, as they would be typed.
+    curl_shown() {
+        local arg words=()
+        for arg in "$@"; do
+            if [[ $arg =~ ^[A-Za-z0-9_./~=:,+@%-]+$ ]]; then words+=("$arg"); elif [[ $arg == *\"* ]]; then words+=("'$arg'"); else words+=("\"$arg\""); fi
+        done
+        echo "\$ curl ${words[*]}" | sed "s#$port#\$PORT#g"
+    }
+    ask() { curl_shown "$@"; curl -s "$@" | grep -iv '^date:' | tidy; echo; }
+    raw=$scratch/serve.txt
+    {
+        echo "\$ cargo apr serve $(shown "$M") --port 0 --trace &" | tidy
+        ask "$url/health"
+        ask "$url/v1/chat/completions" -H "Content-Type: application/json" -d "$question"
+        ask -D - -o /dev/null "$url/v1/chat/completions" -H "X-Trace-Level: layer" -d "$question"
+        ask -i "$url/v1/chat/completions" -d '{"messages":[]}'
+    } >"$raw"
+    kill -INT $pid
+    wait $pid
+    code=$?
+    {
+        cat "$raw"
+        echo "\$ kill -INT %1  # the server's stderr:"
+        sed "s#$port#\$PORT#g" "$log" | tidy
+        echo "[exit code $code]"
+    } >"$out/serve.txt"
+    echo "serve: exit $code" >&2
+fi
 if wanted test; then
     # The whole example suite: the matrix on stdout, cargo's output on stderr (trimmed here).
     "$APR_BIN" apr test -p apr-examples >"$scratch/raw.txt" 2>"$scratch/err.txt"

@@ -11,8 +11,12 @@ set -euo pipefail
 dir="${APR_LLAMA_DIR:-$HOME/.cache/apr/llama.cpp}"
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 tools=(llama-bench llama-completion llama-tokenize llama-perplexity)
+# APR_LLAMA_SERVER=1 adds llama-server (for scripts/bench_serve.py; a long compile).
+server="${APR_LLAMA_SERVER:-0}"
+[ "$server" = 1 ] && tools+=(llama-server)
 bin="$dir/build/bin"
-if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-perplexity" ] && [ -e "$bin/libllama.so" ]; then
+if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-perplexity" ] && [ -e "$bin/libllama.so" ] \
+  && { [ "$server" != 1 ] || [ -x "$bin/llama-server" ]; }; then
   echo "$bin (present)"
   exit 0
 fi
@@ -27,7 +31,7 @@ fi
 # would keep its static setting in the cache: reconfigure explicitly.
 cmake -S "$src" -B "$dir/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
   -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON \
-  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER="$([ "$server" = 1 ] && echo ON || echo OFF)"
 # The library first: scripts/llama_reference.py needs only libllama.so.
 nice cmake --build "$dir/build" -j "${APR_LLAMA_JOBS:-2}" --target llama
 nice cmake --build "$dir/build" -j "${APR_LLAMA_JOBS:-2}" --target "${tools[@]}"

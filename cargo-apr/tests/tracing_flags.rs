@@ -1,5 +1,5 @@
 //! What each tracing flag of `run` and `chat` prints on the real 0.5B model
-//! (`--trace`, `--trace-level layer|payload`, `--trace-output` read back,
+//! (`--trace`, `--trace-level none|layer|payload`, `--trace-output` read back,
 //! `--profile`, `--verbose`), and compare-inference's "produced no output".
 
 use apr_engine::container::{MetaValue, ModelFile};
@@ -148,6 +148,31 @@ fn chat_trace_output_covers_the_whole_session() {
     let second_prefill = &steps[3];
     assert!(second_prefill["start_pos"].as_u64().unwrap() > PROMPT_TOKENS, "{second_prefill:.300}");
     assert!(steps.iter().all(|s| s["boundaries"].as_array().is_some_and(|b| !b.is_empty())));
+}
+
+#[test]
+fn trace_level_none_traces_nothing_in_run_and_chat() {
+    let (out, err) = run(&["--trace-level", "none"]);
+    assert!(out.starts_with("2 +"), "{out}");
+    assert!(!err.contains("[TRACE]") && !err.contains("[trace]"), "{err}");
+    let err = chat(&["--trace-level", "none"]);
+    assert!(!err.contains("[TRACE]") && err.matches("[turn ").count() == 2, "{err}");
+}
+
+#[test]
+fn chat_trace_level_payload_prints_activation_statistics_per_turn() {
+    let err = chat(&["--trace-level", "payload"]);
+    let headers = err.lines().filter(|l| l.split_whitespace().take(3).eq(["pos", "layer", "boundary"])).count();
+    assert_eq!(headers, 6, "a statistics table per call, three calls a turn:\n{err:.2000}");
+    assert!(err.contains("Embedding") && err.contains("AttnNorm"), "{err:.2000}");
+}
+
+#[test]
+fn chat_verbose_prints_facts_about_the_model() {
+    let err = chat(&["--verbose"]);
+    for fact in ["architecture", "qwen2", "layers", "24", "threads", "backend", "load time"] {
+        assert!(err.lines().any(|l| l.starts_with("[apr]") && l.contains(fact)), "{fact}:\n{err}");
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ use apr_engine::pipeline::Pipeline;
 use apr_engine::tokenizer::chat::ChatMessage;
 
 use super::common_args::{opened, BackendArg, ModelArg, SamplingArgs};
+use super::run::{model_facts, print_fact_lines};
 use super::stream::TextStream;
 use super::threads;
 use super::trace_args::TraceArgs;
@@ -38,6 +39,9 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long, short = 't', value_parser = values::at_least_one)]
     threads: Option<usize>,
+    /// Print facts about the model and where it runs to stderr (the timings come per turn).
+    #[arg(long, short)]
+    verbose: bool,
     #[command(flatten)]
     trace: TraceArgs,
 }
@@ -45,8 +49,11 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let sampling = args.sampling.params()?;
     args.trace.level()?;
-    threads::configure(args.threads)?;
+    let threads = threads::configure(args.threads)?;
     let pipeline = opened(args.model.path(), Pipeline::open_on(args.model.path(), args.backend.backend))?;
+    if args.verbose {
+        print_fact_lines(&model_facts(&pipeline, threads));
+    }
     let interactive = std::io::stdin().is_terminal();
     let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
     let model_context = pipeline.model.config.context_length;

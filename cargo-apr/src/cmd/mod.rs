@@ -16,6 +16,7 @@ mod profile;
 mod prompt_args;
 mod review;
 mod run;
+mod serve;
 mod stream;
 mod synth;
 mod test;
@@ -66,6 +67,8 @@ enum Command {
     Review(review::Args),
     /// Generate text from a prompt (chat template applied unless --raw).
     Run(run::Args),
+    /// OpenAI-compatible HTTP server with continuous batching and per-request tracing.
+    Serve(serve::Args),
     /// Write a model with another's exact header (or header-only prefix) and random weights.
     Synth(synth::Args),
     /// Run the #[model_test] suites and print the matrix, summary and qualification score.
@@ -106,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Synth(args) => synth::run(args),
         Command::Test(args) => test::run(args),
         Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::TraceDiff(args) => trace_diff::run(args),
         Command::Validate(args) => validate::run(args),
     }

@@ -145,6 +145,17 @@ fn strip_eog<'a>(pipeline: &Pipeline, tokens: &'a [u32]) -> &'a [u32] {
 }
 
 fn print_facts(p: &Pipeline, threads: usize, t: &Timings, prompt: usize, generated: usize, started: Instant) {
+    let mut facts = model_facts(p, threads);
+    facts.extend([
+        ("prefill", format!("{prompt} tokens in {:.3} s ({:.1} tok/s)", t.prefill_s, t.prefill_tok_s)),
+        ("decode", format!("{generated} tokens in {:.3} s ({:.1} tok/s)", t.decode_s, t.decode_tok_s)),
+        ("total time", format!("{:.3} s", started.elapsed().as_secs_f64())),
+    ]);
+    print_fact_lines(&facts);
+}
+
+/// What `--verbose` says about the model and where it runs (run and chat).
+pub fn model_facts(p: &Pipeline, threads: usize) -> Vec<(&'static str, String)> {
     let c = &p.model.config;
     let file = &p.model.file;
     let quant = apr_engine::inspect::inspect(file, false)
@@ -153,7 +164,7 @@ fn print_facts(p: &Pipeline, threads: usize, t: &Timings, prompt: usize, generat
         .map(|(d, n)| format!("{d}x{}", n.tensors))
         .collect::<Vec<_>>()
         .join(" ");
-    let facts = [
+    vec![
         ("source", file.path.display().to_string()),
         ("file size", human_bytes(file.file_size())),
         ("format", file.format().to_string()),
@@ -166,10 +177,11 @@ fn print_facts(p: &Pipeline, threads: usize, t: &Timings, prompt: usize, generat
         ("threads", threads.to_string()),
         ("backend", p.model.backend_description()),
         ("load time", format!("{:.3} s", p.load_time.as_secs_f64())),
-        ("prefill", format!("{prompt} tokens in {:.3} s ({:.1} tok/s)", t.prefill_s, t.prefill_tok_s)),
-        ("decode", format!("{generated} tokens in {:.3} s ({:.1} tok/s)", t.decode_s, t.decode_tok_s)),
-        ("total time", format!("{:.3} s", started.elapsed().as_secs_f64())),
-    ];
+    ]
+}
+
+/// `[apr] name   value` lines on stderr.
+pub fn print_fact_lines(facts: &[(&str, String)]) {
     for (k, v) in facts {
         eprintln!("[apr] {k:<15} {v}");
     }
