@@ -278,10 +278,13 @@ fn trace_headers_return_the_trace_and_untraced_requests_carry_none() {
 
     let payload = server.post_json_with(CHAT, &[("X-Trace-Level", "payload")], &chat_body(1, false)).json();
     assert!(!payload["trace"]["steps"][0]["boundaries"].as_array().unwrap().is_empty());
+    let none = server.post_json_with(CHAT, &[("X-Trace-Level", "none")], &chat_body(1, false));
+    assert!(none.header("x-trace-layers").is_none() && none.json().get("trace").is_none());
     let bad = server.post_json_with(CHAT, &[("X-Trace-Level", "loud")], &chat_body(1, false));
     assert_eq!(bad.status, 400);
-    let lines = server.log().into_iter().filter(|l| l.contains("prompt +") && l.contains("tok/s")).count();
-    assert_eq!(lines, 4, "--trace logs one line per request: {:?}", server.log());
+    let request_lines = |log: &[String]| log.iter().filter(|l| l.contains("prompt +") && l.contains("tok/s")).count();
+    let log = server.log_when(|log| request_lines(log) >= 5);
+    assert_eq!(request_lines(&log), 5, "--trace logs one line per request: {log:?}");
 }
 
 #[test]
@@ -290,7 +293,7 @@ fn server_trace_level_layer_logs_each_requests_layer_table() {
     let response = server.post_json(CHAT, &chat_body(2, false));
     assert_eq!(response.status, 200);
     assert!(response.json().get("trace").is_none(), "the server's own tracing returns nothing to the client");
-    let log = server.log().join("\n");
+    let log = server.log_when(|log| log.iter().any(|l| l.contains("attention ms"))).join("\n");
     assert!(log.contains("per-layer table") && log.contains("attention ms"), "{log}");
 }
 
@@ -313,8 +316,9 @@ fn a_full_queue_answers_503_with_retry_after_and_a_hang_up_frees_the_sequence() 
     let after = server.post_json(CHAT, &chat_body(2, false));
     assert_eq!(after.status, 200, "{}", after.body);
     assert!(started.elapsed() < Duration::from_secs(120));
-    let gone = server.log().iter().filter(|l| l.contains("client went away")).count();
-    assert_eq!(gone, 2, "{:?}", server.log());
+    let hang_ups = |log: &[String]| log.iter().filter(|l| l.contains("client went away")).count();
+    let log = server.log_when(|log| hang_ups(log) >= 2);
+    assert_eq!(hang_ups(&log), 2, "{log:?}");
 }
 
 /// Reads a streamed response until its first token's chunk (the headers come
@@ -341,7 +345,7 @@ fn sigterm_lets_in_flight_requests_finish_and_exits_cleanly() {
     assert!(rest.contains("data: [DONE]"), "the in-flight stream was cut: {rest:?}");
     assert_eq!(server.wait(), Some(0), "{:?}", server.log());
     assert!(server.try_request("GET", "/health", &[], b"").is_err(), "new connections are refused");
-    let log = server.log().join("\n");
+    let log = server.log_when(|log| log.iter().any(|l| l == "[serve] stopped")).join("\n");
     assert!(log.contains("SIGTERM") && log.contains("[serve] stopped"), "{log}");
 }
 

@@ -70,6 +70,20 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once `done` holds for it (stderr is read by another thread, so a
+    /// line the server wrote before answering may arrive after the answer), or
+    /// the log as it is after a few seconds.
+    pub fn log_when(&self, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let started = Instant::now();
+        loop {
+            let log = self.log();
+            if done(&log) || started.elapsed() > Duration::from_secs(10) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM or SIGINT.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on the id of a child this test started.
