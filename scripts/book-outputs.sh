@@ -178,6 +178,8 @@ if wanted serve; then
     } >"$out/serve.txt"
     echo "serve: exit $code" >&2
 fi
+# CPU only, two prompts of eight tokens: the points table as book/src/qualify.md shows it.
+wanted qualify && capture qualify 60 -- qualify "$M" --backends cpu --max-prompts 2 --max-tokens 8
 if wanted test; then
     # The whole example suite: the matrix on stdout, cargo's output on stderr (trimmed here).
     "$APR_BIN" apr test -p apr-examples >"$scratch/raw.txt" 2>"$scratch/err.txt"

@@ -14,6 +14,7 @@ mod inspect;
 mod kld;
 mod profile;
 mod prompt_args;
+mod qualify;
 mod review;
 mod run;
 mod serve;
@@ -71,6 +72,8 @@ enum Command {
     Serve(serve::Args),
     /// Write a model with another's exact header (or header-only prefix) and random weights.
     Synth(synth::Args),
+    /// Qualify a model: class A/B cells, the tracing matrix and parity, as points out of 145 (exit 5 if not qualified).
+    Qualify(qualify::Args),
     /// Run the #[model_test] suites and print the matrix, summary and qualification score.
     Test(test::Args),
     /// Drive two models in lockstep and name the first divergent layer (exit 5 when diverged).
@@ -106,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Kld(args) => kld::run(args),
         Command::Profile(args) => profile::run(args),
         Command::Review(args) => review::run(args),
+        Command::Qualify(args) => qualify::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Test(args) => test::run(args),
         Command::Run(args) => run::run(args),
