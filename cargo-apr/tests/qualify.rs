@@ -99,3 +99,17 @@ fn a_missing_model_is_an_error() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no such model file"));
 }
+
+#[test]
+fn a_model_that_does_not_parse_is_an_error_naming_field_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.gguf");
+    let mut head = Vec::new();
+    let file = std::fs::File::open(model()).unwrap();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, 1000), &mut head).unwrap();
+    std::fs::write(&cut, head).unwrap();
+    let output = apr(&["qualify", cut.to_str().unwrap(), "--backends", "cpu"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cut.gguf") && stderr.contains("tensor_count at offset 8"), "{stderr}");
+}

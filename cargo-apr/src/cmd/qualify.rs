@@ -74,6 +74,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     if !args.model.is_file() {
         bail!("{}: no such model file", args.model.display());
     }
+    // A file that does not even parse is an error (exit 1) naming its field and
+    // offset, not eighteen failed cells.
+    ModelFile::open(&args.model)?;
     if let Some(bad) = args.only.iter().find(|id| !known_cell(id)) {
         return Err(super::UsageError(format!("--only: no cell named {bad} (A1-A4, B1-B4, T1-T15)")).into());
     }
