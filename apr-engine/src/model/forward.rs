@@ -301,6 +301,9 @@ fn logit_rows(spans: &[SeqSpan], sequences: &[Sequence<'_>]) -> Vec<u32> {
 
 /// Each sequence's share of the logits, in order.
 fn split_logits(mut all: Vec<f32>, sequences: &[Sequence<'_>], vocab: usize) -> Vec<Vec<f32>> {
+    if let [_] = sequences {
+        return vec![all]; // a decode step of run or chat: no second copy
+    }
     // Last first, so each split is a cheap tail.
     let mut per_sequence = Vec::with_capacity(sequences.len());
     for sequence in sequences.iter().rev() {
