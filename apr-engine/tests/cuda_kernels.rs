@@ -71,11 +71,15 @@ fn every_dtype_multiplies_as_the_exact_backend_for_one_and_many_tokens() {
     let (rows, cols) = (67, 512);
     for dtype in cuda::supported_dtypes() {
         let matrix = matrix(dtype, rows, cols, dtype as u64);
-        // f32 sums against f64 sums over the same dequantized weights: one warp
-        // per row (1 and 5 tokens), 64×64 tiles (40 tokens, tensor cores off).
-        for (backend, n) in [(&gpu, 1), (&gpu, 5), (&tiled, 40)] {
+        // Decode products (1 and 5 tokens) quantize the input to 8 bit for
+        // quantized weights: the bound of llama.cpp's test-backend-ops for
+        // MUL_MAT (max NMSE 5e-4) there; f32 sums against f64 sums over the
+        // same weights otherwise, and for 64×64 tiles (40 tokens, tensor cores off).
+        let decode_bound = if [DType::F32, DType::F16, DType::BF16].contains(&dtype) { 1e-10 } else { 5e-4 };
+        for (backend, n, bound) in [(&gpu, 1, decode_bound), (&gpu, 5, decode_bound), (&tiled, 40, 1e-10)] {
             let error = matmul_nmse(backend, &matrix, n);
-            assert!(error < 1e-10, "{dtype} n={n}: NMSE {error}");
+            assert!(error < bound, "{dtype} n={n}: NMSE {error} (bound {bound})");
+            eprintln!("{dtype} n={n}: NMSE {error:.2e}");
         }
         // Tensor cores round weights and inputs to bf16 (8-bit mantissa: a
         // relative error of at most 2^-9 each, an NMSE near 3e-6 on such data).
@@ -133,6 +137,15 @@ fn fused_products_equal_the_plain_ones_bit_for_bit() {
         let mut fused_gate = gpu.alloc(n * 40).unwrap();
         gpu.matmul_silu_gate(&ws[0], &up, &x, n, 40, &mut fused_gate, &mut up_out).unwrap();
         assert_eq!(gpu.read(&gate, n * 40).unwrap(), gpu.read(&fused_gate, n * 40).unwrap(), "silu gate, {n} tokens");
+
+        // A norm quantizes its output for the product that follows it; the
+        // product then equals one that quantizes the input itself.
+        let (weight, mut normed) = (gpu.upload(&values(11, cols)).unwrap(), gpu.alloc(n * cols).unwrap());
+        gpu.rms_norm(&x, &weight, cols, 1e-6, n, &mut normed).unwrap();
+        let (mut after_norm, mut alone) = (gpu.alloc(n * 40).unwrap(), gpu.alloc(n * 40).unwrap());
+        gpu.matmul(&[&ws[0]], &normed, n, &mut [&mut after_norm]).unwrap();
+        gpu.matmul(&[&ws[0]], &normed, n, &mut [&mut alone]).unwrap();
+        assert_eq!(gpu.read(&after_norm, n * 40).unwrap(), gpu.read(&alone, n * 40).unwrap(), "norm, {n} tokens");
     }
 }
 

@@ -77,6 +77,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The kernel a matrix of `dtype` runs on, as `--trace` and `profile` name it.
     fn kernel_name(&self, dtype: DType) -> &'static str;
 
+    /// Bytes of device memory in use now (by every process on the device),
+    /// for a backend that computes on a device; `None` for host memory.
+    fn device_memory_in_use(&self) -> Option<u64> {
+        None
+    }
+
     // ---- memory
 
     /// A zeroed buffer of `len` values.

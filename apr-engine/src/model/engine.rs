@@ -51,6 +51,7 @@ pub(super) trait Runner: Send + Sync {
     fn backend_name(&self) -> &'static str;
     fn backend_description(&self) -> String;
     fn kernel_name(&self, dtype: DType) -> &'static str;
+    fn device_memory_in_use(&self) -> Option<u64>;
     fn forward(&self, sequences: &mut [Sequence<'_>], observer: &mut dyn Observer) -> Result<Vec<Vec<f32>>>;
 }
 
@@ -63,6 +64,9 @@ impl<B: Backend> Runner for Engine<B> {
     }
     fn kernel_name(&self, dtype: DType) -> &'static str {
         self.backend.kernel_name(dtype)
+    }
+    fn device_memory_in_use(&self) -> Option<u64> {
+        self.backend.device_memory_in_use()
     }
     fn forward(&self, sequences: &mut [Sequence<'_>], observer: &mut dyn Observer) -> Result<Vec<Vec<f32>>> {
         self.run(sequences, observer)

@@ -49,6 +49,11 @@ impl Model {
         self.runner.backend_name()
     }
 
+    /// Bytes of device memory in use (device-wide), on a device backend.
+    pub fn device_memory_in_use(&self) -> Option<u64> {
+        self.runner.device_memory_in_use()
+    }
+
     /// The backend and, for a device, which one (`--verbose` prints it).
     pub fn backend_description(&self) -> String {
         self.runner.backend_description()

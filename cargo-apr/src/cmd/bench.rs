@@ -79,6 +79,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         rows.push(row);
     }
     let rss = peak_rss_bytes();
+    // Device memory after every test (device-wide; nothing is freed mid-run, so this is the peak).
+    let device_memory = model.device_memory_in_use();
     if args.json {
         let report = json!({
             "schema": "apr.bench.v1",
@@ -89,11 +91,16 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             "reps": args.reps,
             "load_s": load_s,
             "peak_rss_bytes": rss,
+            "device_memory_bytes": device_memory,
             "results": rows,
         });
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("load {load_s:.3} s, peak RSS {}", rss.map_or("unknown".into(), human_bytes));
+        print!("load {load_s:.3} s, peak RSS {}", rss.map_or("unknown".into(), human_bytes));
+        match device_memory {
+            Some(bytes) => println!(", device memory in use {} (the whole device)", human_bytes(bytes)),
+            None => println!(),
+        }
     }
     Ok(crate::exit::PASS)
 }

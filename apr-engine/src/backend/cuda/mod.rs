@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 
 mod compile;
 mod graphs;
@@ -42,15 +42,18 @@ const KERNEL_DTYPES: [(DType, &str); 11] = [
     (DType::Q6_K, "q6_k"),
 ];
 
-/// Threads of a block of the one-row matrix kernels (`ROW_THREADS` in kernels.cu).
-const MATVEC_THREADS: u32 = 128;
+/// Rows of a block of the decode products, a warp each (`WARP_ROWS` in kernels.cu).
+const MATVEC_ROWS_PER_BLOCK: usize = 8;
 
 /// Tokens from which a matrix product runs as tiles (each weight chunk
 /// dequantized once for 64 tokens) instead of one block per row.
 const TILED_FROM_TOKENS: usize = 16;
 
-/// The largest head the attention kernel holds (its query in shared memory).
+/// The largest head the attention kernel holds (in registers, 32 lanes a warp).
 const MAX_HEAD_DIM: usize = 256;
+
+/// Threads of an attention block: 4 warps (`ATTENTION_WARPS` in kernels.cu).
+const ATTENTION_THREADS: u32 = 128;
 
 /// A one-token query's cached positions are split over at most this many
 /// blocks per head (flash-decoding), one split per this many positions of
@@ -64,8 +67,10 @@ pub struct Cuda {
     /// default stream, which cannot be recorded into a graph).
     stream: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
-    /// The split attention's partial results: (max, sum, weighted values) per split.
-    attention_partials: Mutex<CudaSlice<f32>>,
+    /// The split attention's partial results and counts of finished splits.
+    attention_splits: Mutex<AttentionSplits>,
+    /// A decode product's input in 8 bit, sized for the largest seen.
+    quantized_input: Mutex<QuantizedInput>,
     steps: graphs::Steps,
     /// Prompt-sized products on tensor cores, or why not (the tiled kernels serve then).
     tensor_cores: std::result::Result<tensor_cores::TensorCores, String>,
@@ -81,7 +86,6 @@ pub struct CudaMatrix {
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    matvec: CudaFunction,
     tiled: CudaFunction,
     embed: CudaFunction,
     dequant_bf16: CudaFunction,
@@ -150,12 +154,12 @@ impl Cuda {
         let module = ctx.load_module(compile::kernels(arch(major, minor))?).map_err(device_error)?;
         let mut names: Vec<String> = [
             "matvec_fused",
+            "quantize_q8",
             "f32_to_bf16",
             "rms_norm",
             "rope",
             "kv_store",
             "attention",
-            "attention_combine",
             "silu_mul",
             "add",
             "add_bias",
@@ -164,7 +168,6 @@ impl Cuda {
         .map(String::from)
         .into();
         for (_, suffix) in KERNEL_DTYPES {
-            names.push(format!("matvec_{suffix}"));
             names.push(format!("matmul_tiled_{suffix}"));
             names.push(format!("embed_{suffix}"));
             names.push(format!("dequant_bf16_{suffix}"));
@@ -175,9 +178,19 @@ impl Cuda {
             .collect::<Result<HashMap<_, _>>>()?;
         let device = format!("{name} (sm_{major}{minor})");
         let stream = ctx.new_stream().map_err(device_error)?;
-        let attention_partials = Mutex::new(stream.alloc_zeros::<f32>(1).map_err(device_error)?);
+        let attention_splits = Mutex::new(AttentionSplits::new(&stream, 1, 32)?);
+        let quantized_input = Mutex::new(QuantizedInput::new(&stream, 32)?);
         let tensor_cores = tensor_cores::TensorCores::new(&stream);
-        Ok(Cuda { stream, ctx, functions, attention_partials, steps: graphs::Steps::default(), tensor_cores, device })
+        Ok(Cuda {
+            stream,
+            ctx,
+            functions,
+            attention_splits,
+            quantized_input,
+            steps: graphs::Steps::default(),
+            tensor_cores,
+            device,
+        })
     }
 
     /// This backend with prompt-sized products on the tiled kernels instead
@@ -215,10 +228,39 @@ enum FusedMode {
     SiluGate = 2,
 }
 
+/// A decode product's input in 8 bit: per 32 values, their int8 values, scale and sum.
+struct QuantizedInput {
+    values: CudaSlice<i8>,
+    scales: CudaSlice<f32>,
+    sums: CudaSlice<f32>,
+    /// The f32 buffer (device address, length) an RMSNorm just wrote and
+    /// quantized here as well: the next product over it, which in the
+    /// forward pass follows the norm directly, skips quantizing it again.
+    /// Taken by that product, so it is never trusted twice.
+    normed: Option<(u64, usize)>,
+}
+
+impl QuantizedInput {
+    fn new(stream: &Arc<CudaStream>, len: usize) -> Result<QuantizedInput> {
+        Ok(QuantizedInput {
+            values: stream.alloc_zeros::<i8>(len).map_err(device_error)?,
+            scales: stream.alloc_zeros::<f32>(len / 32).map_err(device_error)?,
+            sums: stream.alloc_zeros::<f32>(len / 32).map_err(device_error)?,
+            normed: None,
+        })
+    }
+}
+
+/// Weights the decode products dot with the f32 input instead of its 8-bit form.
+fn is_float(dtype: i32) -> bool {
+    [DType::F32, DType::F16, DType::BF16].iter().any(|&d| d as i32 == dtype)
+}
+
 impl Cuda {
     /// One launch for up to three matrices over `x` (fewer than
-    /// `TILED_FROM_TOKENS` tokens): one block per row of each, or per row of
-    /// gate and up together for `SiluGate`.
+    /// `TILED_FROM_TOKENS` tokens): a warp per row of each, or per row of
+    /// gate and up together for `SiluGate`. Quantized weights are dotted with
+    /// `x` in 8 bit, quantized here first.
     fn matvec_fused(
         &self,
         mut parts: Vec<Fused<'_>>,
@@ -230,7 +272,12 @@ impl Cuda {
         if parts.iter().any(|p| p.w.cols != cols) {
             return Err(device_error("a fused product's matrices must share their input width"));
         }
-        let blocks: usize = match mode {
+        let mut input = self.quantized_input.lock().unwrap_or_else(|p| p.into_inner());
+        let already = input.normed.take() == Some((address(&self.stream, x), n_rows * cols));
+        if !already && parts.iter().any(|p| !is_float(p.w.dtype)) {
+            self.quantize(x, n_rows * cols, &mut input)?;
+        }
+        let rows: usize = match mode {
             FusedMode::SiluGate => parts[0].w.rows,
             _ => parts.iter().map(|p| p.w.rows).sum(),
         };
@@ -251,11 +298,56 @@ impl Cuda {
         for _ in 0..unused {
             launch.arg(&null).arg(&zero).arg(&zero).arg(&zero).arg(&null).arg(&null);
         }
-        launch.arg(&cols).arg(x).arg(&n).arg(&mode);
-        let config = rows_config(blocks, MATVEC_THREADS);
-        // SAFETY: x holds n_rows × cols values; each out n_rows × its rows; a bias its rows.
+        launch.arg(&cols).arg(x).arg(&input.values).arg(&input.scales).arg(&input.sums).arg(&n).arg(&mode);
+        let blocks = rows.div_ceil(MATVEC_ROWS_PER_BLOCK);
+        let config = rows_config(blocks, 32 * MATVEC_ROWS_PER_BLOCK as u32);
+        // SAFETY: x (and its 8-bit form) hold n_rows × cols values; each out n_rows × its rows; a bias its rows.
         unsafe { launch.launch(config) }.map_err(device_error)?;
         Ok(())
+    }
+
+    /// `x` (`len` values, a multiple of 32) into `input`'s 8-bit form.
+    fn quantize(&self, x: &CudaSlice<f32>, len: usize, input: &mut QuantizedInput) -> Result<()> {
+        self.make_room(input, len)?;
+        let n = int(len)?;
+        let mut launch = self.stream.launch_builder(self.function("quantize_q8")?);
+        launch.arg(x).arg(&n).arg(&mut input.values).arg(&mut input.scales).arg(&mut input.sums);
+        // SAFETY: x holds len values; the outputs len values and len / 32 scales and sums.
+        unsafe { launch.launch(elementwise_config(len)) }.map_err(device_error)?;
+        Ok(())
+    }
+
+    /// Grows `input` to hold `len` values if it is smaller.
+    fn make_room(&self, input: &mut QuantizedInput, len: usize) -> Result<()> {
+        if input.values.len() < len {
+            // A reallocation would leave recorded steps pointing at freed memory.
+            self.steps.check_not_recording("the decode products' 8-bit input")?;
+            self.steps.forget_all();
+            *input = QuantizedInput::new(&self.stream, len)?;
+        }
+        Ok(())
+    }
+}
+
+/// The device address of a buffer (to recognise it again).
+fn address<T>(stream: &Arc<CudaStream>, buffer: &CudaSlice<T>) -> u64 {
+    let (ptr, _sync) = buffer.device_ptr(stream);
+    ptr
+}
+
+/// The split attention's scratch: per (head, split) the max, sum and
+/// weighted values, and per head how many splits have finished.
+struct AttentionSplits {
+    partials: CudaSlice<f32>,
+    done: CudaSlice<u32>,
+}
+
+impl AttentionSplits {
+    fn new(stream: &Arc<CudaStream>, heads: usize, head_dim: usize) -> Result<AttentionSplits> {
+        Ok(AttentionSplits {
+            partials: stream.alloc_zeros::<f32>(heads * MAX_ATTENTION_SPLITS * (head_dim + 2)).map_err(device_error)?,
+            done: stream.alloc_zeros::<u32>(heads).map_err(device_error)?,
+        })
     }
 }
 
@@ -288,8 +380,10 @@ impl Cuda {
             }
         };
         launch.arg(&heads2).arg(positions).arg(&head_dim).arg(&base).arg(&halves);
+        // A thread per pair index of a head, as many heads at once as fit 256 threads.
+        let threads = (head_dim as u32 / 2).clamp(256, 1024);
         // SAFETY: x (and x2) hold n_rows rows of their heads × head_dim; positions n_rows values.
-        unsafe { launch.launch(rows_config(n_rows, 128)) }.map_err(device_error)?;
+        unsafe { launch.launch(rows_config(n_rows, threads)) }.map_err(device_error)?;
         Ok(())
     }
 
@@ -356,10 +450,15 @@ impl Backend for Cuda {
         match (Cuda::suffix(dtype), &self.tensor_cores) {
             (Err(_), _) => "cuda: unsupported",
             (Ok(_), Ok(_)) => {
-                "cuda: dequant in registers × f32 (block per row); from 16 tokens bf16 tiles on tensor cores (cuBLAS)"
+                "cuda: int8 dot products, a warp per row (input in 8 bit); from 16 tokens bf16 tiles on tensor cores (cuBLAS)"
             }
-            (Ok(_), Err(_)) => "cuda: dequant in registers × f32 (block per row; 64×64 tiles from 16 tokens)",
+            (Ok(_), Err(_)) => "cuda: int8 dot products, a warp per row (input in 8 bit); 64×64 f32 tiles from 16 tokens",
         }
+    }
+
+    fn device_memory_in_use(&self) -> Option<u64> {
+        let (free, total) = self.ctx.mem_get_info().ok()?;
+        Some((total - free) as u64)
     }
 
     fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
@@ -399,7 +498,6 @@ impl Backend for Cuda {
             rows: view.rows,
             cols: view.cols,
             row_bytes: view.row_bytes(),
-            matvec: self.function(&format!("matvec_{suffix}"))?.clone(),
             tiled: self.function(&format!("matmul_tiled_{suffix}"))?.clone(),
             embed: self.function(&format!("embed_{suffix}"))?.clone(),
             dequant_bf16: self.function(&format!("dequant_bf16_{suffix}"))?.clone(),
@@ -457,18 +555,21 @@ impl Backend for Cuda {
         if let (true, Ok(tensor_cores)) = (n_rows >= TILED_FROM_TOKENS, &self.tensor_cores) {
             return tensor_cores.matmul(&self.stream, self.function("f32_to_bf16")?, ws, x, n_rows, outs);
         }
+        if n_rows < TILED_FROM_TOKENS {
+            let mut outs = outs.iter_mut();
+            for group in ws.chunks(3) {
+                let parts = group.iter().zip(outs.by_ref()).map(|(w, out)| Fused { w, out, bias: None }).collect();
+                self.matvec_fused(parts, x, n_rows, FusedMode::Store)?;
+            }
+            return Ok(());
+        }
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            let tiled = n_rows >= TILED_FROM_TOKENS;
             let (row_bytes, rows, cols, n) = (int(w.row_bytes)?, int(w.rows)?, int(w.cols)?, int(n_rows)?);
-            let mut launch = self.stream.launch_builder(if tiled { &w.tiled } else { &w.matvec });
+            let mut launch = self.stream.launch_builder(&w.tiled);
             launch.arg(&w.bytes).arg(&row_bytes).arg(&rows).arg(&cols).arg(x).arg(&n).arg(&mut **out);
-            // Tiles of 64 rows × 64 tokens; else a block per row.
-            let config = if tiled {
-                let grid = (w.rows.div_ceil(64) as u32, n_rows.div_ceil(64) as u32, 1);
-                LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-            } else {
-                rows_config(w.rows, MATVEC_THREADS)
-            };
+            // Tiles of 64 rows × 64 tokens.
+            let grid = (w.rows.div_ceil(64) as u32, n_rows.div_ceil(64) as u32, 1);
+            let config = LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: x holds n_rows × cols values and out n_rows × rows.
             unsafe { launch.launch(config) }.map_err(device_error)?;
         }
@@ -542,6 +643,8 @@ impl Backend for Cuda {
         Ok(())
     }
 
+    /// For fewer than `TILED_FROM_TOKENS` rows, also quantizes the output
+    /// for the decode product that follows (see `QuantizedInput::normed`).
     fn rms_norm(
         &self,
         x: &CudaSlice<f32>,
@@ -552,10 +655,23 @@ impl Backend for Cuda {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let w = int(width)?;
+        let mut guard = self.quantized_input.lock().unwrap_or_else(|p| p.into_inner());
+        let input = &mut *guard;
+        let quantized = n_rows < TILED_FROM_TOKENS && width.is_multiple_of(32);
+        if quantized {
+            self.make_room(input, n_rows * width)?;
+        }
         let mut launch = self.stream.launch_builder(self.function("rms_norm")?);
-        launch.arg(x).arg(weight).arg(&w).arg(&eps).arg(out);
-        // SAFETY: x and out hold n_rows × width values.
+        launch.arg(x).arg(weight).arg(&w).arg(&eps).arg(&mut *out);
+        let null = 0u64;
+        if quantized {
+            launch.arg(&mut input.values).arg(&mut input.scales).arg(&mut input.sums);
+        } else {
+            launch.arg(&null).arg(&null).arg(&null);
+        }
+        // SAFETY: x and out hold n_rows × width values; the 8-bit form as many, and a scale and sum per 32.
         unsafe { launch.launch(rows_config(n_rows, 256)) }.map_err(device_error)?;
+        input.normed = quantized.then(|| (address(&self.stream, out), n_rows * width));
         Ok(())
     }
 
@@ -626,9 +742,10 @@ impl Backend for Cuda {
         first_row: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        if s.head_dim > MAX_HEAD_DIM || !s.heads.is_multiple_of(s.kv_heads) {
+        if s.head_dim > MAX_HEAD_DIM || !s.head_dim.is_multiple_of(32) || !s.heads.is_multiple_of(s.kv_heads) {
             return Err(Error::Unsupported(format!(
-                "backend cuda: attention with head size {} and {} heads over {} KV heads (at most {MAX_HEAD_DIM}, a multiple)",
+                "backend cuda: attention with head size {} and {} heads over {} KV heads \
+                 (a multiple of 32 up to {MAX_HEAD_DIM}, and a multiple)",
                 s.head_dim, s.heads, s.kv_heads
             )));
         }
@@ -636,34 +753,24 @@ impl Backend for Cuda {
         let splits = attention_splits(s.n_tokens, keys.len() / kv_dim);
         let (row, heads, kv_heads, dim, n_splits) =
             (int(first_row)?, int(s.heads)?, int(s.kv_heads)?, int(s.head_dim)?, int(splits)?);
-        let mut partials = self.attention_partials.lock().unwrap_or_else(|p| p.into_inner());
+        let mut scratch = self.attention_splits.lock().unwrap_or_else(|p| p.into_inner());
         // Sized for the most splits at once, so it is allocated once per model
         // (a reallocation would leave recorded steps pointing at freed memory).
-        let needed = s.heads * MAX_ATTENTION_SPLITS * (s.head_dim + 2);
-        if splits > 1 && partials.len() < needed {
+        let partials_len = s.heads * MAX_ATTENTION_SPLITS * (s.head_dim + 2);
+        if splits > 1 && (scratch.done.len() < s.heads || scratch.partials.len() < partials_len) {
             self.steps.check_not_recording("the attention's partial results")?;
             self.steps.forget_all();
-            *partials = self.stream.alloc_zeros::<f32>(needed).map_err(device_error)?;
+            *scratch = AttentionSplits::new(&self.stream, s.heads, s.head_dim)?;
         }
+        let AttentionSplits { partials, done } = &mut *scratch;
         let mut launch = self.stream.launch_builder(self.function("attention")?);
         launch.arg(q).arg(keys).arg(values).arg(positions).arg(&row).arg(&heads).arg(&kv_heads).arg(&dim);
-        launch.arg(&n_splits).arg(&mut *out).arg(&mut *partials);
+        launch.arg(&n_splits).arg(&mut *out).arg(partials).arg(done);
         let grid = (s.n_tokens as u32, s.heads as u32, splits as u32);
-        let config = LaunchConfig { grid_dim: grid, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let config = LaunchConfig { grid_dim: grid, block_dim: (ATTENTION_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: q/out hold the span's rows; keys/values the cache up to each row's position;
-        // partials the splits' results when there are several.
+        // partials and done the splits' results when there are several.
         unsafe { launch.launch(config) }.map_err(device_error)?;
-        if splits > 1 {
-            let mut launch = self.stream.launch_builder(self.function("attention_combine")?);
-            launch.arg(&*partials).arg(&row).arg(&heads).arg(&dim).arg(&n_splits).arg(out);
-            let config = LaunchConfig {
-                grid_dim: (s.n_tokens as u32, s.heads as u32, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: as above.
-            unsafe { launch.launch(config) }.map_err(device_error)?;
-        }
         Ok(())
     }
 
