@@ -5,11 +5,13 @@ after the other, on the same model and machine, under the same client load
 tokens each). Prints aggregate decode tok/s, time to first token p50/p99 and
 peak RSS (VmHWM) of each server, as a Markdown table for the README.
 
-    scripts/bench_serve.py [--model PATH] [--parallel 8] [--clients 8] [--tokens 64]
+    scripts/bench_serve.py [--model PATH] [--parallel 8] [--clients 8] [--tokens 64] [--backend cpu|cuda]
 
 llama-server comes from the llama.cpp that scripts/build-llama-cpp.sh builds
 (APR_LLAMA_SERVER=1 scripts/build-llama-cpp.sh adds it); --skip-llama runs
-apr alone. Only the standard library is used.
+apr alone. With --backend cuda, both servers run every layer on the GPU
+(llama-server -ngl 99, from the CUDA build of scripts/bench-cuda-vs-llama.sh
+with APR_LLAMA_SERVER=1; apr --backend cuda). Only the standard library is used.
 """
 import argparse
 import http.client
@@ -145,7 +147,9 @@ def main():
     parser.add_argument("--apr", default=f"{ROOT}/target/release/cargo-apr")
     parser.add_argument("--llama-server", default=f"{LLAMA_DIR}/build/bin/llama-server")
     parser.add_argument("--skip-llama", action="store_true")
+    parser.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
+    gpu = args.backend == "cuda"
 
     results = []
     if not args.skip_llama:
@@ -155,15 +159,17 @@ def main():
         port = free_port()
         results.append(bench("llama-server", [args.llama_server, "-m", args.model, "--host", "127.0.0.1",
                                               "--port", str(port), "--parallel", str(args.parallel),
-                                              "-c", str(args.ctx_size * args.parallel), "-t", str(args.threads)],
+                                              "-c", str(args.ctx_size * args.parallel), "-t", str(args.threads)]
+                             + (["-ngl", "99"] if gpu else []),
                              port, args))
     port = free_port()
     results.append(bench("cargo apr serve", [args.apr, "apr", "serve", args.model, "--port", str(port),
                                              "--parallel", str(args.parallel), "--ctx-size", str(args.ctx_size),
-                                             "--threads", str(args.threads)], port, args))
+                                             "--threads", str(args.threads), "--backend", args.backend],
+                         port, args))
 
     print(f"{args.clients} concurrent streams x {args.rounds}, {args.tokens} tokens each, greedy, "
-          f"--parallel {args.parallel}, {os.path.basename(args.model)}")
+          f"--parallel {args.parallel}, {os.path.basename(args.model)}, {args.backend}")
     print("| server | aggregate tok/s | TTFT p50 (s) | TTFT p99 (s) | peak RSS (MiB) |")
     print("|---|---:|---:|---:|---:|")
     for r in results:

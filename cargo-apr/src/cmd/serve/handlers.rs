@@ -22,16 +22,17 @@ use super::validate::{self, parse_body, Settings};
 use super::{AppState, Loaded};
 use apr_engine::pipeline::PromptMode;
 
-/// `GET /health`: 200 with the model and backend once loaded, 503 before.
+/// `GET /health`: 200 with the model and backend once loaded, 503 before
+/// (and after the scheduler stopped, or while shutting down).
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    match state.loaded.get() {
-        Some(loaded) => Json(json!({
+    match state.ready() {
+        Ok(loaded) => Json(json!({
             "status": "ok",
             "model": state.model_id,
             "backend": loaded.pipeline.model.backend_name(),
         }))
         .into_response(),
-        None => ApiError::unavailable("the model is loading").into_response(),
+        Err(error) => error.into_response(),
     }
 }
 

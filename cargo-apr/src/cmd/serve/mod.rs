@@ -17,6 +17,7 @@ mod tracing;
 mod validate;
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -43,6 +44,9 @@ const TOKENIZING_AT_ONCE: usize = 4;
 pub struct AppState {
     /// Set by the scheduler thread once the model is loaded.
     loaded: OnceLock<Loaded>,
+    /// Set if the scheduler thread panicked: every request, /health
+    /// included, is 503 with the reason from then on.
+    scheduler_stopped: OnceLock<String>,
     queue: Queue,
     model_id: String,
     /// Names a request's `model` may use for this model.
@@ -67,6 +71,9 @@ impl AppState {
     fn ready(&self) -> Result<&Loaded, ApiError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::unavailable("the server is shutting down"));
+        }
+        if let Some(why) = self.scheduler_stopped.get() {
+            return Err(ApiError::unavailable(format!("the scheduler stopped ({why}); restart the server")));
         }
         self.loaded.get().ok_or_else(|| ApiError::unavailable("the model is loading"))
     }
@@ -154,6 +161,7 @@ fn new_state(args: &Args, queue: Queue) -> AppState {
     let model_names = vec![model_id.clone(), path.display().to_string(), file_name(path)];
     AppState {
         loaded: OnceLock::new(),
+        scheduler_stopped: OnceLock::new(),
         queue,
         model_id,
         model_names,
@@ -256,7 +264,16 @@ fn load_and_schedule(args: &Args, state: &AppState, jobs: Receiver<Job>, load_fa
     );
     let config = args.scheduler_config(ctx_size);
     let _ = state.loaded.set(Loaded { pipeline: pipeline.clone(), ctx_size });
-    scheduler::run(&pipeline, &config, jobs);
+    let scheduled = std::panic::catch_unwind(AssertUnwindSafe(|| scheduler::run(&pipeline, &config, jobs)));
+    if let Err(panic) = scheduled {
+        // A bug, not an input: say so, and stop taking requests that nobody would answer.
+        let why =
+            panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        let why = why.unwrap_or_else(|| "a panic".into());
+        eprintln!("[serve] error: the scheduler stopped: {why}");
+        let _ = state.scheduler_stopped.set(why);
+        state.queue.close();
+    }
 }
 
 /// Bytes the KV caches take when all `parallel` sequences are in use: keys and
