@@ -16,6 +16,7 @@ server="${APR_LLAMA_SERVER:-0}"
 [ "$server" = 1 ] && tools+=(llama-server)
 bin="$dir/build/bin"
 if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-perplexity" ] && [ -e "$bin/libllama.so" ] \
+  && grep -q -- "-mno-amx-int8" "$dir/build/CMakeCache.txt" 2>/dev/null \
   && { [ "$server" != 1 ] || [ -x "$bin/llama-server" ]; }; then
   echo "$bin (present)"
   exit 0
@@ -29,7 +30,12 @@ if [ ! -d "$src" ]; then
 fi
 # A build directory configured before this script asked for shared libraries
 # would keep its static setting in the cache: reconfigure explicitly.
+# AMX off: virtual machines report AMX in cpuid yet trap its instructions, and
+# llama.cpp's AMX path then dies with SIGILL (apr does not use AMX either, so
+# both run AVX-512 VNNI). An explicit -mno-* wins over -march=native in GCC.
+no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake -S "$src" -B "$dir/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" \
   -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER="$([ "$server" = 1 ] && echo ON || echo OFF)"
 # The library first: scripts/llama_reference.py needs only libllama.so.
